@@ -68,7 +68,7 @@ class SegmenterConfig(Section):
 
     preset: str = "tiny"  # "tiny" (random weights) or a SAM2.1 name: hiera_t, hiera_s, hiera_b+, hiera_l
     checkpoint: str | None = None  # .pt path; default for named presets: the official file name
-    image_size: int = Field(default=1024, gt=0)  # SAM2 input size; tiny uses 256
+    image_size: int | None = Field(default=None, gt=0)  # SAM2 input size; None: the preset's (tiny 256, others 1024)
     device: str = "auto"
     points_per_side: int = Field(default=16, gt=0)  # coarser than SAM2's 32, as the paper asks
     points_per_batch: int = Field(default=64, gt=0)
@@ -130,7 +130,6 @@ class ScoreConfig(Section):
     segment: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=2))
     score: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=16))
     ray: RayConfig = Field(default_factory=RayConfig)
-    seed: int = 0
 
 
 def _format_errors(err: ValidationError) -> str:

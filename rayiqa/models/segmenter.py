@@ -1,0 +1,170 @@
+"""SAM2 automatic masks for LLM-IQA's object-centred sub-images (paper Sec. 3.2: SAM2 at a coarser
+granularity, set through SAM2AutomaticMaskGenerator's own knobs).
+
+One code path for every preset: build the SAM2.1 model from the package's shipped Hydra config,
+load a checkpoint if there is one (local path or object-storage URI, copied to a local cache; never
+downloaded from the internet), and wrap it in the package's mask generator. "tiny" is the real
+hiera_t model with seeded random weights at image size 256, for tests and offline demos.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pyarrow import fs as pafs
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2
+
+from rayiqa.config import SegmenterConfig
+
+log = logging.getLogger(__name__)
+
+# Named presets -> the official SAM2.1 ids, whose (config, checkpoint file) pairs sam2 itself lists.
+PRESETS: dict[str, str] = {
+    "hiera_t": "facebook/sam2.1-hiera-tiny",
+    "hiera_s": "facebook/sam2.1-hiera-small",
+    "hiera_b+": "facebook/sam2.1-hiera-base-plus",
+    "hiera_l": "facebook/sam2.1-hiera-large",
+}
+TINY_PRESET = "tiny"
+TINY_IMAGE_SIZE = 256
+RELEASED_IMAGE_SIZE = 1024  # the SAM2.1 checkpoints are trained at 1024
+DEFAULT_CACHE = Path(os.environ.get("RAYIQA_CACHE_DIR", Path.home() / ".cache" / "rayiqa"))
+
+
+@dataclass(frozen=True)
+class Sam2Spec:
+    """What to build: the sam2 config file, the checkpoint URI (None: random init), the input size."""
+
+    model_id: str
+    config_file: str
+    checkpoint: str | None
+    image_size: int
+
+
+def resolve_spec(cfg: SegmenterConfig) -> Sam2Spec:
+    """Preset name -> build spec. `cfg.image_size` when set, else the preset's own size (256 for
+    tiny, 1024 for the released models)."""
+    explicit_size = cfg.image_size
+    if cfg.preset == TINY_PRESET:
+        config_file, _ = HF_MODEL_ID_TO_FILENAMES[PRESETS["hiera_t"]]
+        return Sam2Spec("tiny:sam2.1_hiera_t", config_file, cfg.checkpoint, explicit_size or TINY_IMAGE_SIZE)
+    if cfg.preset not in PRESETS:
+        choices = ", ".join([TINY_PRESET, *PRESETS])
+        raise ValueError(f"segmenter.preset: unknown SAM2 preset {cfg.preset!r}; choose one of {choices}")
+    model_id = PRESETS[cfg.preset]
+    config_file, official_file = HF_MODEL_ID_TO_FILENAMES[model_id]
+    return Sam2Spec(model_id, config_file, cfg.checkpoint or official_file, explicit_size or RELEASED_IMAGE_SIZE)
+
+
+def fetch_checkpoint(uri: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
+    """A local path for `uri`: local files as they are, object-storage URIs (s3://, gs://, ...)
+    copied once into `cache_dir` with pyarrow (credentials and endpoint from the environment)."""
+    if "://" not in uri or uri.startswith("file://"):
+        path = Path(uri.removeprefix("file://")).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"segmenter.checkpoint: SAM2 checkpoint {str(path)!r} not found; set it to a local .pt "
+                "path or an s3:// URI (weights are never downloaded from the internet)"
+            )
+        return path
+    remote, remote_path = pafs.FileSystem.from_uri(uri)
+    info = remote.get_file_info(remote_path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"segmenter.checkpoint: no file at {uri!r}")
+    local = cache_dir / "sam2" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(remote_path).name
+    if local.is_file() and local.stat().st_size == info.size:
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(f"{local.name}.{os.getpid()}.part")  # actors on one node may race
+    pafs.copy_files(
+        remote_path, str(partial), source_filesystem=remote, destination_filesystem=pafs.LocalFileSystem()
+    )
+    os.replace(partial, local)
+    return local
+
+
+def backbone_feat_sizes(
+    image_size: int, backbone_stride: int, num_levels: int, q_stride: int
+) -> list[tuple[int, int]]:
+    """Spatial sizes of the backbone feature levels the predictor reshapes to, finest first.
+
+    The coarsest level is image_size / backbone_stride; each finer level is q_stride (Hiera's
+    pooling stride) times larger. At 1024 this gives sam2's hard-coded [(256,256),(128,128),(64,64)].
+    """
+    if image_size % backbone_stride:
+        raise ValueError(f"segmenter.image_size must be a multiple of {backbone_stride}, got {image_size}")
+    coarsest = image_size // backbone_stride
+    return [(coarsest * q_stride**k,) * 2 for k in reversed(range(num_levels))]
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch spells it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Sam2Segmenter:
+    """Boolean object masks for one RGB image from SAM2's automatic mask generator."""
+
+    def __init__(self, cfg: SegmenterConfig, seed: int = 0, cache_dir: Path = DEFAULT_CACHE) -> None:
+        if cfg.min_mask_region_area > 0 and importlib.util.find_spec("cv2") is None:
+            raise ValueError(
+                "segmenter.min_mask_region_area > 0 needs OpenCV (pip install opencv-python-headless); "
+                "set it to 0 or install OpenCV"
+            )
+        spec = resolve_spec(cfg)
+        ckpt = str(fetch_checkpoint(spec.checkpoint, cache_dir)) if spec.checkpoint else None
+        self.model_id = spec.model_id
+        self.weights = "pretrained" if ckpt else "random-init"
+        self.device = resolve_device(cfg.device)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.model = build_sam2(
+                spec.config_file,
+                ckpt_path=ckpt,
+                device=str(self.device),
+                hydra_overrides_extra=[f"++model.image_size={spec.image_size}"],
+            )
+        if self.weights == "random-init":
+            log.warning("SAM2 %s runs on random weights (seed %d): masks mean nothing", self.model_id, seed)
+        self.generator = SAM2AutomaticMaskGenerator(
+            self.model,
+            points_per_side=cfg.points_per_side,
+            points_per_batch=cfg.points_per_batch,
+            pred_iou_thresh=cfg.pred_iou_thresh,
+            stability_score_thresh=cfg.stability_score_thresh,
+            box_nms_thresh=cfg.box_nms_thresh,
+            crop_n_layers=cfg.crop_n_layers,
+            min_mask_region_area=cfg.min_mask_region_area,
+            output_mode="binary_mask",
+        )
+        # The predictor hard-codes the feature sizes of a 1024 input; derive them from this model.
+        self.generator.predictor._bb_feat_sizes = backbone_feat_sizes(
+            self.model.image_size,
+            self.model.backbone_stride,
+            self.model.num_feature_levels,
+            self.model.image_encoder.trunk.q_stride[0],
+        )
+
+    def masks(self, image: np.ndarray) -> list[np.ndarray]:
+        """Boolean HxW masks at the input's resolution, largest area first; [] when SAM2 finds none.
+
+        Raises ValueError for anything but an RGB uint8 HxWx3 array with H, W > 0.
+        """
+        is_array = isinstance(image, np.ndarray)
+        if not (is_array and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            got = f"{image.dtype} {image.shape}" if is_array else type(image).__name__
+            raise ValueError(f"segmenter expects an RGB uint8 HxWx3 array, got {got}")
+        if 0 in image.shape[:2]:
+            raise ValueError(f"segmenter got an empty image of shape {image.shape}")
+        records = self.generator.generate(image)
+        records.sort(key=lambda r: r["area"], reverse=True)
+        return [np.asarray(r["segmentation"], dtype=bool) for r in records]

@@ -1,0 +1,96 @@
+"""IQA metrics against scipy.stats, hand-computed values and exact logistic data."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from rayiqa.methods.metrics import evaluate, fit_logistic, krcc, logistic_4, logistic_5, plcc, srcc
+
+
+@pytest.fixture
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=200)
+    return x, 0.6 * x + rng.normal(scale=0.8, size=200)
+
+
+def test_correlations_equal_scipy(data):
+    x, y = data
+    assert srcc(x, y) == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
+    assert krcc(x, y) == pytest.approx(stats.kendalltau(x, y)[0], abs=1e-12)
+    assert plcc(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
+
+
+def test_hand_computed_values():
+    # ranks of x: 1 2 3 4, ranks of y: 1 3 2 4 -> d^2 = 0+1+1+0 = 2, rho = 1 - 6*2/(4*15) = 0.8
+    x, y = [1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0]
+    assert srcc(x, y) == pytest.approx(0.8)
+    # 6 pairs, one discordant (2,3): tau = (5 - 1) / 6
+    assert krcc(x, y) == pytest.approx(4 / 6)
+
+
+def test_monotone_transform_keeps_rank_metrics(data):
+    x, y = data
+    for g in (np.exp, lambda v: v**3 + 2.0, lambda v: 1 / (1 + np.exp(-3 * v))):
+        assert srcc(g(x), y) == pytest.approx(srcc(x, y), abs=1e-12)
+        assert krcc(g(x), y) == pytest.approx(krcc(x, y), abs=1e-12)
+    # ... while PLCC on raw scores does change under a nonlinear transform
+    assert abs(plcc(np.exp(x), y) - plcc(x, y)) > 0.05
+
+
+@pytest.mark.parametrize("increasing", [True, False])
+def test_logistic_fit_recovers_exact_logistic_data(increasing):
+    x = np.linspace(0.0, 10.0, 60)
+    true = (4.5, 1.2, 5.0, 1.3) if increasing else (1.2, 4.5, 5.0, 1.3)
+    y = logistic_4(x, *true)
+    assert plcc(x, y) < 0.999 if increasing else plcc(x, y) > -0.999  # raw PLCC is not perfect
+    res = evaluate(x, y)
+    assert res["plcc_logistic"] == pytest.approx(1.0, abs=1e-6)
+    assert res["rmse"] == pytest.approx(0.0, abs=1e-5)
+    fitted = fit_logistic(x, y)
+    np.testing.assert_allclose(logistic_4(x, *fitted), y, atol=1e-5)
+
+
+def test_logistic_4_known_values():
+    # at x = b3 the curve is halfway between the asymptotes; |b4| makes the sign of b4 irrelevant
+    assert logistic_4(np.array(2.0), 5.0, 1.0, 2.0, 0.5) == pytest.approx(3.0)
+    assert logistic_4(np.array(3.0), 5.0, 1.0, 2.0, -1.0) == pytest.approx(4 / (1 + np.exp(-1)) + 1)
+
+
+def test_five_parameter_variant_fits_its_own_form():
+    x = np.linspace(-3.0, 3.0, 80)
+    y = logistic_5(x, 2.0, 1.5, 0.3, 0.2, 3.0)
+    res = evaluate(x, y, form=5)
+    assert res["logistic"] == "5-parameter"
+    assert res["plcc_logistic"] == pytest.approx(1.0, abs=1e-6)
+    assert res["rmse"] < 1e-4
+
+
+def test_nan_pairs_are_dropped_and_counted(data):
+    x, y = data
+    x2, y2 = x.copy(), y.copy()
+    x2[[3, 10]] = np.nan
+    y2[[10, 50, 51]] = np.nan  # index 10 has both: 4 distinct pairs dropped
+    res = evaluate(x2, y2)
+    keep = np.ones(x.size, bool)
+    keep[[3, 10, 50, 51]] = False
+    assert res["n"] == x.size - 4 and res["n_dropped"] == 4
+    assert res["srcc"] == pytest.approx(stats.spearmanr(x[keep], y[keep])[0], abs=1e-12)
+    assert res["plcc"] == pytest.approx(stats.pearsonr(x[keep], y[keep])[0], abs=1e-12)
+    assert np.isfinite(res["plcc_logistic"]) and res["plcc_logistic"] >= res["plcc"] - 1e-9
+
+
+def test_too_few_pairs_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"at least 3 .* got 2 \(1 dropped for NaN\)"):
+        evaluate([1.0, 2.0, np.nan], [1.0, 3.0, 2.0])
+
+
+def test_length_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="pred has 3 scores but mos has 2"):
+        evaluate([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_constant_prediction_reports_fit_error_instead_of_crashing():
+    with pytest.warns(stats.ConstantInputWarning):
+        res = evaluate([2.0, 2.0, 2.0, 2.0], [1.0, 2.0, 3.0, 4.0])
+    assert np.isnan(res["plcc_logistic"]) and np.isnan(res["rmse"])
+    assert "more than one distinct value" in res["fit_error"]
