@@ -1,0 +1,290 @@
+"""LLM-TTA (Bashir et al., McGE '25, Sections 3-4): an MLLM ranks each test batch, its top-k and
+bottom-k images form quality clusters, and a group-contrastive loss on projected features adapts
+only the norm layers of the IQA backbone's feature extractor Θe before it predicts; the source
+model is restored for every batch.
+
+Pure tensor/array code: the MLLM's good/poor logits come in as arrays (the engine lives elsewhere),
+the backbone is any `rayiqa.models.backbones.IQABackbone`. Images are RGB float (B, 3, H, W) in
+[0, 1]. `adapt_norm_layers` is the adaptation loop shared with the TTA-IQA / FA-TTA-IQA baselines.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from scipy.special import expit
+from torch import nn
+from torch.nn import functional as F
+
+if TYPE_CHECKING:  # methods take any IQABackbone; no runtime dependency on the model layer
+    from rayiqa.models.backbones.base import IQABackbone
+
+
+# Section 4.3's prompts; the paper reads the logits of `good` and `poor` after Prompt 2 (default).
+PROMPT_1 = "Rate the quality of the image"
+PROMPT_2 = "The quality of the image is"
+PROMPT_3 = (
+    "Rate the quality of the image in terms of sharpness, noise, distortion, and clarity. "
+    "Provide a quality score from 1 (bad) to 10 (good) only. Format: Score: x"
+)
+PROMPTS: dict[int, str] = {1: PROMPT_1, 2: PROMPT_2, 3: PROMPT_3}
+DEFAULT_PROMPT = PROMPT_2
+SCORE_WORDS = ("good", "poor")
+
+LossForm = Literal["paper", "tta-iqa"]
+Embed = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _finite_vector(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D vector, got shape {arr.shape}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ValueError(f"{name} has non-finite values at positions {bad.tolist()}")
+    return arr
+
+
+def llm_quality_score(logit_good: Sequence[float] | np.ndarray, logit_poor: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Eq. 2: S_I = e^{l_good} / (e^{l_good} + e^{l_poor}), the softmax over the two logits, i.e. p(good).
+
+    Computed as the logistic function of l_good - l_poor, which is the same number without overflow.
+    """
+    good = _finite_vector(logit_good, "logit_good")
+    poor = _finite_vector(logit_poor, "logit_poor")
+    if good.shape != poor.shape:
+        raise ValueError(f"logit_good has {good.size} entries but logit_poor has {poor.size}")
+    return expit(good - poor)
+
+
+def ensemble_scores(score_sets: Sequence[Sequence[float] | np.ndarray]) -> np.ndarray:
+    """Mean of several rankers' scores per image (the paper's future-work ensemble of LLMs)."""
+    if not score_sets:
+        raise ValueError("ensemble_scores needs at least one ranker's scores")
+    arrays = [_finite_vector(s, f"ranker {i} scores") for i, s in enumerate(score_sets)]
+    sizes = {a.size for a in arrays}
+    if len(sizes) != 1:
+        raise ValueError(f"rankers scored different numbers of images: {[a.size for a in arrays]}")
+    return np.mean(arrays, axis=0)
+
+
+def rank_batch(scores: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Indices of the batch from best to worst score (ties keep batch order)."""
+    return np.argsort(-_finite_vector(scores, "scores"), kind="stable")
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """Batch indices of the high-quality (best first) and low-quality (worst first) clusters."""
+
+    high: np.ndarray
+    low: np.ndarray
+
+
+def quality_clusters(scores: Sequence[float] | np.ndarray, k: int = 2) -> Clusters:
+    """Section 3: the k highest- and k lowest-scored images of a batch (top-2 / bottom-2 of 8)."""
+    order = rank_batch(scores)
+    if k < 2:
+        raise ValueError(f"k must be >= 2 so each cluster has a positive pair, got {k}")
+    if order.size < 2 * k:
+        raise ValueError(f"a batch of {order.size} images is smaller than 2*k = {2 * k}")
+    return Clusters(high=order[:k].copy(), low=order[::-1][:k].copy())
+
+
+def projection_head(in_dim: int, out_dim: int = 256, seed: int = 2021) -> nn.Sequential:
+    """Θp: Linear(in_dim -> out_dim) -> Sigmoid, seeded random init, frozen (never trained)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Sequential(nn.Linear(in_dim, out_dim), nn.Sigmoid())
+    return head.requires_grad_(False).eval()
+
+
+def group_contrastive_loss(
+    z_high: torch.Tensor, z_low: torch.Tensor, tau: float, form: LossForm = "paper"
+) -> torch.Tensor:
+    """Eq. 3 with cosine similarity, averaged over every anchor of both clusters.
+
+    form="paper" (default, as written in LLM-TTA): for anchor i, each same-cluster j gives
+    -log( e^{sim(z_i,z_j)/τ} / Σ_{k∈A(i)} e^{sim(z_i,z_k)/τ} ), A(i) the other cluster; the per-anchor
+    loss is the mean over its positives j (one j when k = 2), the result the mean over anchors.
+    form="tta-iqa" (TTA-IQA's code): pos(i) = mean over j of sim(z_i, z_j), N(i) = Σ_{k∈A(i)}
+    e^{sim/τ}, loss = -log( mean_i e^{pos(i)/τ} / (e^{pos(i)/τ} + N(i)) ), the log of the mean ratio.
+    """
+    if len(z_high) < 2 or len(z_low) < 2:
+        raise ValueError(f"each cluster needs >= 2 members, got {len(z_high)} and {len(z_low)}")
+    z = F.normalize(torch.cat([z_high, z_low]), dim=1)
+    logits = z @ z.T / tau
+    group = torch.cat([torch.zeros(len(z_high)), torch.ones(len(z_low))]).to(z.device)
+    same = group[:, None] == group[None, :]
+    positive = same & ~torch.eye(len(z), dtype=torch.bool, device=z.device)
+    log_negatives = torch.logsumexp(logits.masked_fill(same, float("-inf")), dim=1)  # log Σ_{k∈A(i)}
+    n_pos = positive.sum(dim=1)
+    if form == "paper":
+        per_pair = (log_negatives[:, None] - logits).masked_fill(~positive, 0.0)
+        return (per_pair.sum(dim=1) / n_pos).mean()
+    if form == "tta-iqa":
+        mean_pos = logits.masked_fill(~positive, 0.0).sum(dim=1) / n_pos  # pos(i)/τ
+        # e^{p}/(e^{p} + N) = sigmoid(p - log N)
+        return -torch.log(torch.sigmoid(mean_pos - log_negatives).mean())
+    raise ValueError(f"form must be 'paper' or 'tta-iqa', got {form!r}")
+
+
+@dataclass(frozen=True)
+class TTAConfig:
+    """Knobs of one adaptation (Section 4.1 defaults: Adam, lr 1e-3, 10 iterations, seed 2021).
+
+    τ is not given in the paper; 0.1 is TTA-IQA's value for TReS and MUSIQ (it used 1 for MetaIQA).
+    """
+
+    k: int = 2
+    tau: float = 0.1
+    lr: float = 1e-3
+    n_iter: int = 10
+    proj_dim: int = 256
+    seed: int = 2021
+    loss_form: LossForm = "paper"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "k": self.k >= 2, "tau": self.tau > 0, "lr": self.lr > 0, "n_iter": self.n_iter >= 1,
+            "proj_dim": self.proj_dim >= 1, "loss_form": self.loss_form in ("paper", "tta-iqa"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid TTAConfig value(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+
+@dataclass
+class AdaptResult:
+    """What one batch's adaptation produced; enough to explain every adapted score."""
+
+    scores: np.ndarray  # adapted predictions (B,)
+    base_scores: np.ndarray  # source-model predictions (B,)
+    clusters: Clusters
+    losses: list[float]  # auxiliary loss at each iteration, before its update
+    distortions: list[str] | None = field(default=None)  # TTA-IQA: rank-loss distortion per image
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]
+
+
+def as_image_batch(backbone: IQABackbone, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Validate an RGB [0, 1] float batch (B, 3, H, W) and move it to the backbone's device."""
+    x = torch.as_tensor(images)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"images must be float RGB in [0, 1], got dtype {x.dtype}")
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise ValueError("images must be finite RGB values in [0, 1]")
+    return x.to(next(backbone.parameters()).device)
+
+
+def predict(backbone: IQABackbone, images: torch.Tensor) -> np.ndarray:
+    """Scores (B,) of the backbone as it stands, in eval mode, without gradients."""
+    backbone.eval()
+    with torch.no_grad():
+        return backbone(images)[1].double().cpu().numpy()
+
+
+@contextmanager
+def norm_only_adaptation(backbone: IQABackbone) -> Iterator[list[nn.Parameter]]:
+    """Make only Θe's norm-layer affine parameters trainable and only norm layers train-mode.
+
+    Yields those parameters. On exit (also on error) the norm layers' parameters, running
+    statistics and num_batches_tracked are copied back from an in-memory snapshot, every
+    requires_grad flag is restored and the backbone is left in eval mode.
+    """
+    norms = backbone.norm_layers()
+    snapshot = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in norms]
+    flags = [(p, p.requires_grad) for p in backbone.parameters()]
+    try:
+        backbone.eval().requires_grad_(False)
+        params: list[nn.Parameter] = []
+        for m in norms:
+            m.train()
+            for p in m.parameters(recurse=False):
+                params.append(p.requires_grad_(True))
+        yield params
+    finally:
+        with torch.no_grad():
+            for m, state in zip(norms, snapshot):
+                m.load_state_dict(state)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        backbone.eval()
+
+
+def adapt_norm_layers(
+    backbone: IQABackbone,
+    images: torch.Tensor,
+    objective: Callable[[Embed], torch.Tensor],
+    cfg: TTAConfig,
+) -> tuple[np.ndarray, list[float]]:
+    """Eq. 1: minimise `objective(embed)` over Θe's norm parameters, predict, restore the source.
+
+    `embed(x)` = Θp(Θe(x)) with a seeded, frozen projection head. A fresh Adam per call; BN layers
+    use batch statistics while adapting and their (updated) running statistics when predicting,
+    as TTA-IQA's code does. Returns adapted scores (B,) and the loss of every iteration.
+    """
+    head: list[nn.Module] = []  # built on first use, when the feature width is known
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        f = backbone.features(x)
+        if not head:
+            head.append(projection_head(f.shape[1], cfg.proj_dim, cfg.seed).to(f.device))
+        return head[0](f)
+
+    with norm_only_adaptation(backbone) as params:
+        if not params:
+            raise ValueError(f"{type(backbone).__name__} has no affine norm parameters to adapt")
+        optimiser = torch.optim.Adam(params, lr=cfg.lr)
+        losses: list[float] = []
+        for it in range(cfg.n_iter):
+            optimiser.zero_grad(set_to_none=True)
+            loss = objective(embed)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"adaptation loss is not finite at iteration {it}: {loss.item()}")
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        scores = predict(backbone, images)
+    return scores, losses
+
+
+def cluster_contrastive_objective(
+    images: torch.Tensor, clusters: Clusters, cfg: TTAConfig
+) -> Callable[[Embed], torch.Tensor]:
+    """Embed the whole batch (BN statistics of all B images), contrast the two clusters' embeddings."""
+    high = torch.as_tensor(clusters.high, device=images.device)
+    low = torch.as_tensor(clusters.low, device=images.device)
+
+    def objective(embed: Embed) -> torch.Tensor:
+        z = embed(images)
+        return group_contrastive_loss(z[high], z[low], cfg.tau, cfg.loss_form)
+
+    return objective
+
+
+def adapt_and_predict(
+    backbone: IQABackbone,
+    images: torch.Tensor | np.ndarray,
+    ranker_scores: Sequence[float] | np.ndarray,
+    cfg: TTAConfig = TTAConfig(),
+) -> AdaptResult:
+    """LLM-TTA on one batch: clusters from the ranker's scores (p(good) or an ensemble), adapt, predict.
+
+    The backbone's state is the source state again when this returns (or raises).
+    """
+    x = as_image_batch(backbone, images)
+    scores = _finite_vector(ranker_scores, "ranker_scores")
+    if scores.size != x.shape[0]:
+        raise ValueError(f"{scores.size} ranker scores for a batch of {x.shape[0]} images")
+    clusters = quality_clusters(scores, cfg.k)
+    base = predict(backbone, x)
+    adapted, losses = adapt_norm_layers(backbone, x, cluster_contrastive_objective(x, clusters, cfg), cfg)
+    return AdaptResult(scores=adapted, base_scores=base, clusters=clusters, losses=losses)
