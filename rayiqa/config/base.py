@@ -1,0 +1,109 @@
+"""Config plumbing: strict pydantic sections, dotted overrides, YAML loading with errors that name keys."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key(s) at fault."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(Section):
+    """Object-storage options passed to s3fs / pyarrow; unset values come from the environment."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    anon: bool = False
+    key: str | None = None
+    secret: str | None = None
+
+
+class StageConfig(Section):
+    """Actor-pool settings of one Ray Data stage (like ray.data.llm's stage configs)."""
+
+    batch_size: int = Field(default=4, gt=0)
+    concurrency: tuple[int, int] = (1, 1)  # (min, max) actors
+    num_cpus: float = Field(default=0.5, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _int_means_fixed(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) else v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "StageConfig":
+        lo, hi = self.concurrency
+        if lo < 1 or hi < lo:
+            raise ValueError(f"concurrency must be 1 <= min <= max, got {self.concurrency}")
+        return self
+
+
+class RayConfig(Section):
+    address: str | None = None  # None: join RAY_ADDRESS if set, else start a local Ray
+    num_cpus: int | None = None  # local Ray only
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`key.sub=value` strings (values parsed as YAML) -> nested dict."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(model: type[BaseModel], path: str | Path | None = None, overrides: list[str] = ()) -> Any:
+    """Read YAML at `path` (None: all defaults), apply dotted overrides, validate into `model`."""
+    raw: Any = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+    raw = _merge(raw, parse_overrides(list(overrides)))
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid {model.__name__}{where}:\n{_format_errors(e)}") from None
