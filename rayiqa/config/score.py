@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rayiqa.config.base import RayConfig, Section, StageConfig, StorageConfig
 
@@ -82,5 +82,12 @@ class ScoreConfig(Section):
     segment: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=2))
     score: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=16))
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _one_engine_kind(self) -> "ScoreConfig":
+        engines = {m.engine for m in self.mllms}
+        if len(engines) > 1:
+            raise ValueError(f"mllms: all models of an ensemble must use the same engine, got {sorted(engines)}")
+        return self
 
 

@@ -1,0 +1,27 @@
+# Two commands on a fresh machine:  `make demo`  (install + run the scoring job)  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench
+
+# torch/torchvision come pinned from pyproject; sam2 is source-only and must build against the
+# installed torch, so it is a second step without build isolation (see ../shared/ENVIRONMENT.md).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -e '.[dev]'
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation -e '.[sam2]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rayiqa score configs/score.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/pipeline_overhead.py

@@ -1,0 +1,132 @@
+"""`rayiqa score`: the LLM-IQA scoring job as one streaming Ray Data pipeline.
+
+read input list -> decode (tasks) -> segment (SAM2 actor pool) -> score (one actor pool per MLLM)
+-> finalize -> write Parquet. Ray Data's checkpointing (id column `path`) makes a re-run into the
+same output resume: inputs already written are filtered out at the read and none is written twice.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayiqa.config import ScoreConfig, StageConfig
+from rayiqa.io.fs import resolve_fs
+from rayiqa.io.manifest import RunSummary, summarise_output, write_manifest
+from rayiqa.io.sources import list_inputs
+from rayiqa.pipeline import stages
+from rayiqa.pipeline.adapt import AdaptStage, fill_error_arrays
+from rayiqa.pipeline.request_rows import score_by_requests
+from rayiqa.pipeline.runtime import ensure_ray, join_path, model_provenance
+
+log = logging.getLogger(__name__)
+
+INPUTS_DIR = "_inputs"  # leading underscore: ignored by pyarrow / Ray Data readers of the output
+CHECKPOINT_DIR = "_checkpoint"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one run keeps its files, relative to the output folder on its filesystem."""
+
+    fs: object
+    root: str
+
+    @property
+    def inputs(self) -> str:
+        return join_path(self.root, INPUTS_DIR)
+
+    @property
+    def checkpoint(self) -> str:
+        return join_path(self.root, CHECKPOINT_DIR)
+
+
+def _actor_args(stage: StageConfig) -> dict:
+    import ray.data
+
+    lo, hi = stage.concurrency
+    return dict(
+        compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
+        batch_size=stage.batch_size,
+        num_cpus=stage.num_cpus,
+        num_gpus=stage.num_gpus,
+        batch_format="numpy",
+        zero_copy_batch=False,
+    )
+
+
+def _prepare_output(cfg: ScoreConfig) -> tuple[Layout, int]:
+    """Clear the output when overwriting; write this run's input list (the pipeline's read)."""
+    from pyarrow import fs as pafs
+
+    fs, root = resolve_fs(cfg.output.uri, cfg.output.storage)
+    if cfg.output.mode == "overwrite" and fs.get_file_info(root).type != pafs.FileType.NotFound:
+        fs.delete_dir(root)
+    layout = Layout(fs, root)
+    fs.create_dir(layout.inputs, recursive=True)
+    uris = list_inputs(cfg.input)
+    table = pa.table({"path": pa.array(uris, pa.string())})
+    pq.write_table(table, join_path(layout.inputs, "inputs.parquet"), filesystem=fs, row_group_size=1024)
+    return layout, len(uris)
+
+
+def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
+    """The lazy Ray Data pipeline from the input list to the Parquet write (not executed)."""
+    import ray.data
+    from ray.data.checkpoint import CheckpointConfig
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.checkpoint_config = CheckpointConfig(
+        id_column="path",
+        checkpoint_path=layout.checkpoint,
+        delete_checkpoint_on_success=False,  # a finished run re-run scores nothing
+        override_filesystem=layout.fs,
+    )
+    ds = ray.data.read_parquet(layout.inputs, filesystem=layout.fs)
+    ds = ds.repartition(target_num_rows_per_block=cfg.decode.batch_size)
+    ds = ds.map_batches(
+        stages.decode_batch,
+        fn_kwargs={"input_cfg": cfg.input},
+        batch_size=cfg.decode.batch_size,
+        num_cpus=cfg.decode.num_cpus,
+        batch_format="numpy",
+    )
+    if cfg.method.segmentation:
+        ds = ds.map_batches(
+            stages.SegmentStage, fn_constructor_args=(cfg.segmenter, cfg.method), **_actor_args(cfg.segment)
+        )
+    if cfg.mllms[0].engine == "vllm":  # the config allows no mixed ensembles
+        return score_by_requests(ds, cfg.mllms, cfg.method, model_ids, cfg.score.concurrency)
+    for k, mllm in enumerate(cfg.mllms):
+        ds = ds.map_batches(stages.ScoreStage, fn_constructor_args=(mllm, cfg.method, k), **_actor_args(cfg.score))
+    if cfg.adapt.method != "none":  # strict windows of rows; AdaptStage cuts them into batches of B good images
+        ds = ds.map_batches(fill_error_arrays, fn_args=(len(cfg.mllms), cfg.method.levels), batch_format="numpy")
+        ds = ds.repartition(target_num_rows_per_block=cfg.adapt.stage.batch_size, strict=True)
+        ds = ds.map_batches(AdaptStage, fn_constructor_args=(cfg.adapt, cfg.mllms, cfg.method), **_actor_args(cfg.adapt.stage))
+    return ds.map_batches(stages.finalize, fn_kwargs={"model_ids": model_ids, "method": cfg.method}, batch_format="numpy")
+
+
+def cpus_needed(cfg: ScoreConfig) -> float:
+    """Logical CPUs the job holds at once: its actor pools at their max size, one decode task, one read
+    task and Ray Data's checkpoint-filter actor (1 CPU, present when resuming)."""
+    pools = [(cfg.score, len(cfg.mllms))] + ([(cfg.segment, 1)] if cfg.method.segmentation else [])
+    return sum(st.num_cpus * st.concurrency[1] * n for st, n in pools) + cfg.decode.num_cpus + 1 + 1
+
+
+def run_score(cfg: ScoreConfig) -> RunSummary:
+    """Run the scoring job end to end; returns (and writes into the manifest) the run's summary."""
+    ensure_ray(cfg.ray, cpus_needed(cfg))
+    started = time.time()
+    provenance = model_provenance(cfg)
+    layout, n_inputs = _prepare_output(cfg)
+    before = summarise_output(layout.fs, layout.root).rows
+    ds = build_pipeline(cfg, layout, [m["model_id"] for m in provenance["mllms"]])
+    ds.write_parquet(layout.root, filesystem=layout.fs)
+    elapsed = time.time() - started
+    summary = summarise_output(layout.fs, layout.root)
+    summary = summary.with_run(inputs=n_inputs, new_rows=summary.rows - before, seconds=elapsed, uri=cfg.output.uri)
+    write_manifest(layout.fs, layout.root, cfg, provenance, summary)
+    return summary

@@ -1,0 +1,254 @@
+"""The scoring job's Ray Data stages: decode (tasks), segment and score (actor pools), finalize.
+
+Rows stay one per input image all the way to the write, so the job streams and Ray Data's
+checkpointing can resume it: crops travel as boxes (and packed masks) next to the decoded image
+and are cut and scored inside the score stage. Every stage turns a per-row failure into an error
+row (`error_kind`, `error`) and passes it through untouched.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+
+import numpy as np
+import pyarrow as pa
+
+from rayiqa.config import InputConfig, LLMIQAConfig, MLLMConfig, SegmenterConfig
+from rayiqa.methods import llm_iqa
+from rayiqa.pipeline.adapt import TTA_COLUMNS
+
+log = logging.getLogger(__name__)
+
+EMPTY_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
+NO_BOXES = np.zeros((0, 4), dtype=np.int32)
+
+# The output Parquet schema: one row per input file. Lists indexed [model] or [model][crop].
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("score", pa.float64()),  # ensemble mean of s_k = s_global + lambda * s_local
+        ("error_kind", pa.string()),  # null when scored; else one of rayiqa.io.decode.ERROR_KINDS or a stage's
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("global_score", pa.float64()),  # mean over models of s_global
+        ("local_score", pa.float64()),  # mean over models of s_local (null without crops)
+        ("crop_boxes", pa.list_(pa.list_(pa.int32(), 4))),  # [x0, y0, x1, y1] per crop, end-exclusive
+        ("crop_areas", pa.list_(pa.int64())),  # mask area in pixels per crop
+        ("crop_weights", pa.list_(pa.float64())),  # the area weights a (sum to 1)
+        ("model_ids", pa.list_(pa.string())),
+        ("model_scores", pa.list_(pa.float64())),  # s_k per model
+        ("global_probs", pa.list_(pa.list_(pa.float64()))),  # [model][level]
+        ("crop_scores", pa.list_(pa.list_(pa.float64()))),  # [model][crop]
+        ("crop_probs", pa.list_(pa.list_(pa.list_(pa.float64())))),  # [model][crop][level]
+        # Test-time adaptation (adapt.method != none; else null): rayiqa.pipeline.adapt
+        ("tta_score", pa.float64()),  # the adapted backbone's score
+        ("tta_base_score", pa.float64()),  # the source backbone's score
+        ("tta_ranker_score", pa.float64()),  # llm-tta: the ranking that formed the clusters
+        ("tta_cluster", pa.string()),  # "high" / "low" / null: cluster membership in its batch
+        ("tta_final_loss", pa.float64()),  # auxiliary loss at the last iteration
+        ("tta_batch", pa.string()),  # adaptation batch id
+        ("tta_method", pa.string()),
+        ("tta_note", pa.string()),  # e.g. a short batch whose base scores were kept
+    ]
+)
+
+
+def _ok(batch: dict, i: int) -> bool:
+    return not batch["error_kind"][i]  # "" between stages (an all-null column would lose its type)
+
+
+def _set_error(batch: dict, i: int, kind: str, exc: BaseException) -> None:
+    for col in ("error_kind", "error"):  # fixed-width numpy strings would truncate the message
+        batch[col] = batch[col].astype(object)
+    batch["error_kind"][i] = kind
+    batch["error"][i] = f"{type(exc).__name__}: {exc}"
+    log.warning("%s on %s: %s", kind, batch["path"][i], traceback.format_exception_only(exc)[-1].strip())
+
+
+def _object_column(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def decode_batch(batch: dict, input_cfg: InputConfig) -> dict:
+    """Read each file's bytes from its filesystem and decode it to RGB; bad files become error rows."""
+    from rayiqa.io.decode import decode_image
+    from rayiqa.io.fs import resolve_fs, split_uri
+    from rayiqa.io.sources import read_bytes
+
+    n = len(batch["path"])
+    filesystems: dict[str, object] = {}  # one filesystem per scheme and batch
+    images, widths, heights, kinds, errors = [], [], [], [], []
+    for uri in map(str, batch["path"]):
+        scheme, path = split_uri(uri)
+        if scheme not in filesystems:
+            filesystems[scheme] = resolve_fs(uri, input_cfg.storage)[0]
+        data, kind, msg = read_bytes(uri, filesystems[scheme], path, input_cfg.max_bytes)
+        image = None
+        if data is not None:
+            res = decode_image(data, input_cfg.max_pixels)
+            image, kind, msg = res.image, res.error_kind, res.error
+        images.append(EMPTY_IMAGE if image is None else image)
+        heights.append(0 if image is None else image.shape[0])
+        widths.append(0 if image is None else image.shape[1])
+        kinds.append(kind or "")
+        errors.append(msg or "")
+    return {
+        "path": _object_column([str(p) for p in batch["path"]]),
+        "image": _object_column(images),
+        "width": np.asarray(widths, dtype=np.int32),
+        "height": np.asarray(heights, dtype=np.int32),
+        "error_kind": _object_column(kinds),
+        "error": _object_column(errors),
+        "boxes": _object_column([NO_BOXES] * n),
+        "areas": _object_column([np.zeros(0, np.int64)] * n),
+        "masks": _object_column([np.zeros((0, 0), np.uint8)] * n),
+    }
+
+
+class SegmentStage:
+    """SAM2 automatic masks -> Algorithm 1 -> crop boxes, mask areas (and packed masks if cropping by mask)."""
+
+    def __init__(self, seg_cfg: SegmenterConfig, method: LLMIQAConfig):
+        from rayiqa.models.segmenter import Sam2Segmenter
+
+        self.segmenter = Sam2Segmenter(seg_cfg)
+        self.method = method
+
+    def __call__(self, batch: dict) -> dict:
+        # Rebuild the per-row list columns: Ray may hand them over stacked as one ndarray.
+        boxes, areas, packed = list(batch["boxes"]), list(batch["areas"]), list(batch["masks"])
+        for i, image in enumerate(batch["image"]):
+            if not _ok(batch, i):
+                continue
+            try:
+                raw = self.segmenter.masks(image)
+                masks = llm_iqa.select_masks(raw, image.shape[:2], self.method.area_threshold, self.method.complement)
+            except Exception as exc:  # a model failure on one image is that image's error
+                _set_error(batch, i, "segment_error", exc)
+                continue
+            boxes[i] = np.asarray([llm_iqa.bbox(m) for m in masks], dtype=np.int32).reshape(-1, 4)
+            areas[i] = np.asarray([int(m.sum()) for m in masks], dtype=np.int64)
+            if self.method.crop == "mask" and masks:
+                packed[i] = np.stack([np.packbits(m, axis=None) for m in masks])
+        batch["boxes"], batch["areas"], batch["masks"] = map(_object_column, (boxes, areas, packed))
+        return batch
+
+
+def _unpack_mask(bits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+
+
+def crops_of(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
+    """The sub-images of one image: bbox crops, zero-padded outside the mask when masks are given."""
+    packed = masks if len(masks) == len(boxes) else [None] * len(boxes)
+    return [
+        llm_iqa.crop(image, box, None if bits is None else _unpack_mask(bits, image.shape[:2]))
+        for box, bits in zip(boxes, packed)
+    ]
+
+
+class ScoreStage:
+    """One MLLM of the ensemble: scores the whole image and each crop with the standard-guided prompt
+    (one forward per request, level-token probabilities), adds that model's columns `*_m{index}`."""
+
+    def __init__(self, mllm_cfg: MLLMConfig, method: LLMIQAConfig, index: int):
+        from rayiqa.models.mllm import create_engine
+
+        self.engine = create_engine(mllm_cfg)
+        self.method = method
+        self.index = index
+        self.prompt = llm_iqa.standard_prompt(method.levels, method.standard)
+        self.values = self.prompt.level_values()
+
+    def _probs(self, images: list[np.ndarray]) -> np.ndarray:
+        from rayiqa.models.mllm.base import LevelRequest
+
+        return self.engine.level_probs([LevelRequest(self.prompt, [im]) for im in images])
+
+    def _score_rows(self, batch: dict, rows: list[int]) -> dict[int, np.ndarray]:
+        """Probabilities per row (whole image first, then crops), all rows' requests in one engine call."""
+        per_row = {i: requests_of(batch, i) for i in rows}
+        flat = [im for ims in per_row.values() for im in ims]
+        probs = self._probs(flat) if flat else np.zeros((0, len(self.values)))
+        out, at = {}, 0
+        for i, ims in per_row.items():
+            out[i] = probs[at : at + len(ims)]
+            at += len(ims)
+        return out
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["path"])
+        rows = [i for i in range(n) if _ok(batch, i)]
+        try:
+            probs = self._score_rows(batch, rows)
+        except Exception:  # isolate the failing image(s): score rows one by one
+            probs = {}
+            for i in rows:
+                try:
+                    probs.update(self._score_rows(batch, [i]))
+                except Exception as exc:
+                    _set_error(batch, i, "model_error", exc)
+        add_model_columns(batch, self.index, probs, self.values, self.method)
+        return batch
+
+
+def requests_of(batch: dict, i: int) -> list[np.ndarray]:
+    """The images one row asks about: the whole image first, then its crops."""
+    image = batch["image"][i]
+    return [image, *crops_of(image, batch["boxes"][i], batch["masks"][i])]
+
+
+def add_model_columns(batch: dict, k: int, probs: dict[int, np.ndarray], values: np.ndarray, method: LLMIQAConfig) -> None:
+    """Model k's columns `*_m{k}` from each scored row's level probabilities (whole image, then crops)."""
+    n = len(batch["path"])
+    g_probs, c_probs, c_scores, s_global, s_local = ([None] * n for _ in range(5))
+    for i, p in probs.items():
+        scores = llm_iqa.level_score(p, values, method.readout)
+        g_probs[i], c_probs[i] = p[0], p[1:]
+        s_global[i], c_scores[i] = float(scores[0]), scores[1:]
+        s_local[i] = llm_iqa.local_score(scores[1:], batch["areas"][i]) if len(scores) > 1 else None
+    batch[f"global_probs_m{k}"] = _object_column(g_probs)
+    batch[f"crop_probs_m{k}"] = _object_column(c_probs)
+    batch[f"crop_scores_m{k}"] = _object_column(c_scores)
+    batch[f"global_score_m{k}"] = _object_column(s_global)
+    batch[f"local_score_m{k}"] = _object_column(s_local)
+
+
+def _mean_or_none(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def finalize(batch: dict, model_ids: list[str], method: LLMIQAConfig) -> pa.Table:
+    """Per image: s_k per model, the ensemble score, the evidence lists; the output schema exactly."""
+    n = len(batch["path"])
+    cols: dict[str, list] = {f.name: [] for f in OUTPUT_SCHEMA}
+    ks = range(len(model_ids))
+    for i in range(n):
+        ok = _ok(batch, i)
+        areas = np.asarray(batch["areas"][i], dtype=np.int64)
+        g = [batch[f"global_score_m{k}"][i] for k in ks] if ok else []
+        loc = [batch[f"local_score_m{k}"][i] for k in ks] if ok else []
+        s_k = [llm_iqa.mix_grained_score(gk, lk, method.lam) for gk, lk in zip(g, loc)]
+        cols["path"].append(str(batch["path"][i]))
+        cols["score"].append(llm_iqa.ensemble_score(s_k) if ok else None)
+        cols["error_kind"].append(None if ok else str(batch["error_kind"][i]))
+        cols["error"].append(None if ok else str(batch["error"][i]))
+        cols["width"].append(int(batch["width"][i]))
+        cols["height"].append(int(batch["height"][i]))
+        cols["global_score"].append(_mean_or_none(g))
+        cols["local_score"].append(_mean_or_none(loc))
+        cols["crop_boxes"].append([list(map(int, b)) for b in batch["boxes"][i]] if ok else [])
+        cols["crop_areas"].append(areas.tolist() if ok else [])
+        cols["crop_weights"].append(llm_iqa.area_weights(areas).tolist() if ok and len(areas) else [])
+        cols["model_ids"].append(list(model_ids) if ok else [])
+        cols["model_scores"].append(s_k)
+        cols["global_probs"].append([np.asarray(batch[f"global_probs_m{k}"][i]).tolist() for k in ks] if ok else [])
+        cols["crop_scores"].append([np.asarray(batch[f"crop_scores_m{k}"][i]).tolist() for k in ks] if ok else [])
+        cols["crop_probs"].append([np.asarray(batch[f"crop_probs_m{k}"][i]).tolist() for k in ks] if ok else [])
+        for col in TTA_COLUMNS:
+            cols[col].append(batch[col][i] if col in batch else None)
+    return pa.Table.from_pydict(cols, schema=OUTPUT_SCHEMA)

@@ -1,0 +1,24 @@
+"""Shared fixtures: one real local Ray for the tests that need a cluster."""
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = str(Path(__file__).parent)
+
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray shared by the session's Ray tests: 4 logical CPUs on CI's 2 cores, enough for the
+    scoring job's actor pools plus Ray Data's checkpoint-filter actor (1 CPU) when it resumes."""
+    import ray
+
+    if not ray.is_initialized():
+        # Workers can import test helper modules (stand-ins passed into pipelines) from tests/.
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    yield ray
+    ray.shutdown()
