@@ -68,18 +68,25 @@ class TransformersEngine:
         bs = self.cfg.batch_size
         return np.concatenate([self._forward(requests[i : i + bs], i) for i in range(0, len(requests), bs)])
 
-    @torch.inference_mode()
-    def _forward(self, batch: Sequence[LevelRequest], offset: int) -> np.ndarray:
-        texts, images, level_ids = [], [], []
+    def encode(self, batch: Sequence[LevelRequest], offset: int = 0) -> tuple[Any, list[str]]:
+        """Render a micro-batch with the shared chat builder and tokenise it left-padded on the device.
+
+        Returns the processor's model inputs and the rendered prompt texts (also used by generation).
+        """
+        texts, images = [], []
         for i, req in enumerate(batch, start=offset):
             pil = [to_pil(im, f"request {i} image {j}") for j, im in enumerate(req.images)]
-            text = render_prompt(self.processor, build_messages(req.prompt, pil, lambda _: {"type": "image"}))
-            texts.append(text)
+            texts.append(render_prompt(self.processor, build_messages(req.prompt, pil, lambda _: {"type": "image"})))
             images.extend(pil)
-            level_ids.append(self.level_ids(text, req.prompt.levels))
         inputs = self.processor(
             text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
         ).to(self.device)
+        return inputs, texts
+
+    @torch.inference_mode()
+    def _forward(self, batch: Sequence[LevelRequest], offset: int) -> np.ndarray:
+        inputs, texts = self.encode(batch, offset)
+        level_ids = [self.level_ids(text, req.prompt.levels) for text, req in zip(texts, batch)]
         logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
         picked = torch.gather(logits, 1, torch.tensor(level_ids, device=logits.device))
         return softmax(picked.float().cpu().numpy())
