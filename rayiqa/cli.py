@@ -1,47 +1,69 @@
-"""The `rayiqa` command: one entry point with a subcommand per job."""
+"""The `rayiqa` command: one entry point with a subcommand per job.
+
+Every config-driven job is `rayiqa <command> [CONFIG] [key.sub=value ...]` and maps to a library
+function `main_*(config_path, overrides) -> exit code`, imported only when its command runs.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from rayiqa.config import ConfigError
 
+# command words -> (module, function, help)
+JOBS: dict[tuple[str, ...], tuple[str, str, str]] = {
+    ("score",): ("rayiqa.pipeline.score_job", "main_score", "score an image collection with LLM-IQA (streaming Ray Data job)"),
+    ("eval", "study"): ("rayiqa.pipeline.study", "main_study", "the MLLM prompting study: systems x engines -> answers, SRCC table, heat-map"),
+    ("train", "promptiqa"): ("rayiqa.train.promptiqa", "main_train_promptiqa", "PromptIQA mixed-dataset training on Ray Train"),
+    ("train", "grmp"): ("rayiqa.train.grmp", "main_grmp", "GRMP-IQA meta-prompt pre-training on Ray Train"),
+    ("train", "grmp-finetune"): ("rayiqa.train.grmp", "main_grmp_finetune", "GRMP-IQA fine-tuning with QGR (and the few-shot protocol)"),
+    ("serve",): ("rayiqa.serve.app", "main_serve", "the Ray Serve HTTP endpoint"),
+}
 
-def _score(args: argparse.Namespace) -> int:
-    from rayiqa.config import ScoreConfig, load_config
-    from rayiqa.pipeline.score_job import run_score
 
-    cfg = load_config(ScoreConfig, args.config, args.overrides)
-    summary = run_score(cfg)
-    print(summary.render())
-    return 0
+def _run_job(args: argparse.Namespace) -> int:
+    module, func, _ = JOBS[args.job]
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # `rayiqa score key=value ...` without a config file
+        config, overrides = None, [config, *overrides]
+    return getattr(importlib.import_module(module), func)(config, overrides)
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _eval_scores(args: argparse.Namespace) -> int:
     from rayiqa.evaluate import evaluate_files
 
     print(evaluate_files(args.predictions, args.mos, args.mos_column, args.key, args.score_column).render())
     return 0
 
 
+def _add_job(sub: argparse._SubParsersAction, words: tuple[str, ...]) -> None:
+    p = sub.add_parser(words[-1], help=JOBS[words][2])
+    p.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: all defaults")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. input.uri=s3://bucket/imgs")
+    p.set_defaults(func=_run_job, job=words)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayiqa", description="No-reference image quality assessment on Ray.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("score", help="score an image collection with LLM-IQA (streaming Ray Data job)")
-    s.add_argument("config", nargs="?", help="YAML config (see configs/score.yaml); omitted: all defaults")
-    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. input.uri=s3://bucket/imgs output.uri=out")
-    s.set_defaults(func=_score)
-
-    e = sub.add_parser("eval", help="join predictions with MOS and print SRCC/KRCC/PLCC")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words in JOBS:
+        if len(words) == 1:
+            _add_job(sub, words)
+        else:
+            if words[0] not in groups:
+                groups[words[0]] = sub.add_parser(words[0]).add_subparsers(dest="what", required=True)
+            _add_job(groups[words[0]], words)
+    e = groups["eval"].add_parser("scores", help="join predictions with MOS and print SRCC/KRCC/PLCC")
     e.add_argument("predictions", help="prediction Parquet file or folder (from rayiqa score)")
     e.add_argument("mos", help="CSV or Parquet with a key column and a MOS column")
     e.add_argument("--mos-column", default="mos")
     e.add_argument("--score-column", default="score")
     e.add_argument("--key", default="name", choices=["name", "path"], help="join on file name or full path")
-    e.set_defaults(func=_eval)
+    e.set_defaults(func=_eval_scores)
     return p
 
 
@@ -53,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+
+
+def job_main(command: list[str]) -> None:
+    """The body of a `jobs/*.py` entrypoint: `--config PATH [key=value ...]` -> `rayiqa <command> ...`."""
+    ap = argparse.ArgumentParser(description=f"rayiqa {' '.join(command)} for `ray job submit`")
+    ap.add_argument("--config", required=True)
+    args, overrides = ap.parse_known_args()
+    sys.exit(main([*command, args.config, *overrides]))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from rayiqa.io.fs import resolve_fs
 from rayiqa.io.manifest import RunSummary, summarise_output, write_manifest
 from rayiqa.io.sources import list_inputs
 from rayiqa.pipeline import stages
-from rayiqa.pipeline.adapt import AdaptStage, fill_error_arrays
+from rayiqa.pipeline.adapt import AdaptStage, pack_rows
 from rayiqa.pipeline.request_rows import score_by_requests
 from rayiqa.pipeline.runtime import ensure_ray, join_path, model_provenance
 
@@ -103,7 +103,7 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
     for k, mllm in enumerate(cfg.mllms):
         ds = ds.map_batches(stages.ScoreStage, fn_constructor_args=(mllm, cfg.method, k), **_actor_args(cfg.score))
     if cfg.adapt.method != "none":  # strict windows of rows; AdaptStage cuts them into batches of B good images
-        ds = ds.map_batches(fill_error_arrays, fn_args=(len(cfg.mllms), cfg.method.levels), batch_format="numpy")
+        ds = ds.map_batches(pack_rows, batch_format="numpy")
         ds = ds.repartition(target_num_rows_per_block=cfg.adapt.stage.batch_size, strict=True)
         ds = ds.map_batches(AdaptStage, fn_constructor_args=(cfg.adapt, cfg.mllms, cfg.method), **_actor_args(cfg.adapt.stage))
     return ds.map_batches(stages.finalize, fn_kwargs={"model_ids": model_ids, "method": cfg.method}, batch_format="numpy")
@@ -130,3 +130,12 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
     summary = summary.with_run(inputs=n_inputs, new_rows=summary.rows - before, seconds=elapsed, uri=cfg.output.uri)
     write_manifest(layout.fs, layout.root, cfg, provenance, summary)
     return summary
+
+
+def main_score(config_path: str | None, overrides: list[str]) -> int:
+    """`rayiqa score`: load the config, run, print the summary."""
+    from rayiqa.config import load_config
+
+    summary = run_score(load_config(ScoreConfig, config_path, overrides))
+    print(summary.render())
+    return 0

@@ -1,0 +1,5 @@
+"""`ray job submit --working-dir . -- python jobs/deploy_serve.py --config CONFIG [key=value ...]`."""
+from rayiqa.cli import job_main
+
+if __name__ == "__main__":
+    job_main(["serve"])

@@ -1,0 +1,5 @@
+"""`ray job submit --working-dir . -- python jobs/train_grmp.py --config CONFIG [key=value ...]`."""
+from rayiqa.cli import job_main
+
+if __name__ == "__main__":
+    job_main(["train", "grmp"])
