@@ -1,0 +1,133 @@
+"""The PromptIQA Ray Serve deployment: images scored under a named requirement (an ISPP).
+
+`register_requirement(name, images, scores)` computes the ISPP's assessment-prompt feature F_AP
+once; it is kept in a small named actor shared by all replicas (so any replica can score under a
+requirement another registered) and cached in each replica. `score(images, options)` looks the
+requirement up (`options["requirement"]`, `UnknownRequirement` if never registered) and scores the
+images through a `@serve.batch` queue, so concurrent requests share forwards.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+from ray.serve import Application
+
+from rayiqa.config.promptiqa import PromptIQAServeConfig
+from rayiqa.models.promptiqa import create_promptiqa, to_batch
+from rayiqa.serve.base import ScoreResult, UnknownRequirement
+
+STORE_NAMESPACE = "rayiqa"
+
+
+@ray.remote(num_cpus=0)
+class RequirementStore:
+    """Name -> F_AP (k x dim) and k, shared by the replicas of one PromptIQA deployment."""
+
+    def __init__(self) -> None:
+        self.features: dict[str, tuple[np.ndarray, int]] = {}
+
+    def put(self, name: str, features: np.ndarray, k: int) -> None:
+        self.features[name] = (features, k)
+
+    def get(self, name: str) -> tuple[np.ndarray, int] | None:
+        return self.features.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.features)
+
+
+def _check_image(image: Any) -> str | None:
+    """Why `image` cannot be scored (None when it is an H x W x 3 uint8 array)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        return f"expected an H x W x 3 uint8 RGB array, got {type(image).__name__} {shape}"
+    if min(image.shape[:2]) < 1:
+        return f"empty image of shape {image.shape}"
+    return None
+
+
+@serve.deployment
+class PromptIQADeployment:
+    """One PromptIQA model per replica; requirements registered by name, images batched per forward."""
+
+    def __init__(self, config: dict[str, Any], store_name: str = "promptiqa-requirements") -> None:
+        self.cfg = PromptIQAServeConfig.model_validate(config)
+        self.model = create_promptiqa(self.cfg.model)
+        self.store = RequirementStore.options(
+            name=store_name, namespace=STORE_NAMESPACE, get_if_exists=True, lifetime="detached"
+        ).remote()
+        self.cache: dict[str, tuple[torch.Tensor, int]] = {}
+        self._score_batch.set_max_batch_size(self.cfg.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+
+    async def register_requirement(self, name: str, images: list[np.ndarray], scores: list[float]) -> dict[str, Any]:
+        """Compute and store F_AP of the ISPP (images[i], scores[i]); re-registering a name replaces it."""
+        if not name:
+            raise ValueError("requirement name must be a non-empty string")
+        if len(images) != len(scores) or not images:
+            raise ValueError(f"requirement {name!r}: {len(images)} images but {len(scores)} scores (need >= 1 pair)")
+        for i, image in enumerate(images):
+            problem = _check_image(image)
+            if problem:
+                raise ValueError(f"requirement {name!r}: image {i}: {problem}")
+        with torch.no_grad():
+            batch = to_batch(images, self.cfg.model.image_size)
+            features = self.model.ispp_features(batch, torch.tensor(scores, dtype=torch.float32))
+        self.cache[name] = (features, len(images))
+        await self.store.put.remote(name, features.numpy(), len(images))
+        return {"name": name, "k": len(images)}
+
+    async def list_requirements(self) -> list[str]:
+        return await self.store.names.remote()
+
+    async def _requirement(self, name: Any) -> tuple[torch.Tensor, int]:
+        if name not in self.cache:
+            stored = await self.store.get.remote(name) if isinstance(name, str) else None
+            if stored is None:
+                raise UnknownRequirement(name)
+            self.cache[name] = (torch.from_numpy(stored[0]), stored[1])
+        return self.cache[name]
+
+    async def score(self, images: list[np.ndarray], options: dict[str, Any]) -> list[ScoreResult]:
+        """One ScoreResult per image under options["requirement"]; a malformed image gets an error, not a crash."""
+        name = options.get("requirement")
+        await self._requirement(name)
+        return list(await asyncio.gather(*(self._score_one(image, name) for image in images)))
+
+    async def _score_one(self, image: np.ndarray, name: str) -> ScoreResult:
+        problem = _check_image(image)
+        if problem:
+            return {"evidence": {"requirement": name, "error": problem}}
+        return await self._score_batch((image, name))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def _score_batch(self, items: list[tuple[np.ndarray, str]]) -> list[ScoreResult]:
+        """One encoder pass over the batch, then one fusion pass per requirement present in it."""
+        names = [name for _, name in items]
+        scores = torch.empty(len(items))
+        with torch.no_grad():
+            features = self.model.encode(to_batch([image for image, _ in items], self.cfg.model.image_size))
+            for name in set(names):
+                rows = torch.tensor([i for i, n in enumerate(names) if n == name])
+                scores[rows] = self.model.predict(features[rows], self.cache[name][0])
+        return [{"score": float(s), "evidence": {"requirement": n, "ispp_size": self.cache[n][1]}}
+                for s, n in zip(scores, names)]
+
+
+def build_promptiqa_app(cfg: PromptIQAServeConfig, store_name: str = "promptiqa-requirements") -> Application:
+    """The deployment bound to `cfg`, with its autoscaling and per-replica resources."""
+    scaling = cfg.autoscaling
+    return PromptIQADeployment.options(
+        autoscaling_config={
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+        },
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        max_ongoing_requests=max(cfg.max_batch_size * 2, 8),
+    ).bind(cfg.model_dump(), store_name)

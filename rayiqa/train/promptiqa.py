@@ -1,0 +1,244 @@
+"""PromptIQA mixed-dataset training on Ray Train (TorchTrainer, DDP) with in-batch prompting.
+
+The driver loads every configured registry dataset, splits and min-max normalises it (Sec. 4.1 C),
+and cuts each training split into episodes of `batch_size` images of one dataset (one requirement;
+each image is prompted by the others). Episodes of all datasets are shuffled together into one Ray
+Dataset that every worker streams its shard of. Each epoch ends with a checkpoint (model, optimiser,
+scheduler, epoch, step) in the run's storage and validation SRCC/PLCC per dataset; a rerun with the
+same storage_path + name, or a Ray Train retry after a worker failure, resumes from the latest one.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from rayiqa.config import StorageConfig, load_config
+from rayiqa.config.promptiqa import DatasetSpec, PromptIQATrainConfig
+from rayiqa.data import DatasetError, load_dataset, make_synthetic_set, normalize_split, split_rows
+from rayiqa.data.rows import IQARow
+from rayiqa.data.splits import Split
+from rayiqa.io.decode import decode_image
+from rayiqa.io.fs import resolve_fs, split_uri
+from rayiqa.io.samples import SAMPLES_URI, samples_dir
+from rayiqa.io.sources import read_bytes
+from rayiqa.methods.metrics import plcc, srcc
+from rayiqa.methods.prompt_iqa import InBatchPromptIQA, in_batch_loss, sample_ispp, score_with_ispp
+from rayiqa.models.promptiqa import PromptIQA, to_batch
+from rayiqa.pipeline.runtime import ensure_ray
+
+log = logging.getLogger(__name__)
+MAX_IMAGE_BYTES = 100_000_000
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def load_images(uris: list[str], storage: StorageConfig, size: int) -> torch.Tensor:
+    """Read and decode training images (local or s3://) into a (N, 3, size, size) batch; a bad file names itself."""
+    decoded = []
+    for uri in uris:
+        fs, path = resolve_fs(uri, storage)
+        data, _, message = read_bytes(uri, fs, path, MAX_IMAGE_BYTES)
+        result = decode_image(data, MAX_IMAGE_PIXELS) if data is not None else None
+        if result is None or not result.ok:
+            raise DatasetError(f"training image {uri}: {message or result.error}")
+        decoded.append(result.image)
+    return to_batch(decoded, size)
+
+
+def prepare_synthetic(cfg: PromptIQATrainConfig) -> None:
+    """Write each local synthetic dataset root that has no annotations yet from `cfg.synthetic.pristine`."""
+    src = cfg.synthetic
+    roots = {d.root for d in cfg.datasets if d.name == "synthetic" and split_uri(d.root)[0] != "s3"}
+    for root in sorted(r for r in roots if not (Path(r) / "annotations.csv").exists()):
+        with tempfile.TemporaryDirectory() as tmp:
+            pristine = Path(tmp)
+            if src.pristine == SAMPLES_URI:  # the bundled originals are the PNGs; the JPGs are distorted copies
+                for png in samples_dir().glob("*.png"):
+                    shutil.copy(png, pristine / png.name)
+            else:
+                pristine = Path(src.pristine)
+            log.info("making synthetic set %s from %s", root, src.pristine)
+            make_synthetic_set(pristine, root, src.types, src.levels, src.seed)
+
+
+def load_splits(cfg: PromptIQATrainConfig) -> dict[str, Split]:
+    """Each dataset's normalised train/test split (by reference where it has references), keyed by DatasetSpec.key."""
+    splits = {}
+    for spec in cfg.datasets:
+        options = {"label": spec.label} if spec.label else {}
+        rows = load_dataset(spec.name, spec.root, cfg.storage, **options)
+        splits[spec.key] = normalize_split(split_rows(rows, spec.train_fraction, cfg.seed))
+    return splits
+
+
+def make_episodes(splits: dict[str, Split], batch_size: int, seed: int) -> list[dict[str, Any]]:
+    """Train rows cut into same-dataset episodes of `batch_size`, all datasets shuffled together."""
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for key, split in splits.items():
+        if len(split.train) < batch_size:
+            raise DatasetError(f"{key}: {len(split.train)} training images < batch_size {batch_size}")
+        order = rng.permutation(len(split.train))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            rows = [split.train[i] for i in order[start:start + batch_size]]
+            episodes.append({"dataset": key, "images": [r.image for r in rows], "scores": [r.score for r in rows]})
+    return [episodes[i] for i in rng.permutation(len(episodes))]
+
+
+def validation_sets(splits: dict[str, Split], k: int, strategy: str, seed: int) -> dict[str, dict[str, list]]:
+    """Per dataset: its test images and scores, and a fixed ISPP sampled from its training split (Sec. 4.1 C)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, split in splits.items():
+        train: list[IQARow] = split.train
+        picks = sample_ispp(np.array([r.score for r in train]), k, strategy, rng)
+        out[key] = {
+            "images": [r.image for r in split.test], "scores": [r.score for r in split.test],
+            "ispp_images": [train[i].image for i in picks], "ispp_scores": [train[i].score for i in picks],
+        }
+    return out
+
+
+def validate(model: PromptIQA, sets: dict[str, dict[str, list]], storage: StorageConfig) -> dict[str, float]:
+    """SRCC and PLCC per dataset of the model's scores under that dataset's fixed ISPP."""
+    size = model.cfg.image_size
+    metrics = {}
+    for key, s in sets.items():
+        pred = score_with_ispp(
+            model, load_images(s["images"], storage, size), load_images(s["ispp_images"], storage, size),
+            torch.tensor(s["ispp_scores"]),
+        ).numpy()
+        metrics[f"val/{key}/srcc"], metrics[f"val/{key}/plcc"] = srcc(pred, s["scores"]), plcc(pred, s["scores"])
+    return metrics
+
+
+def _load_episode(row: dict[str, Any], storage: dict, size: int) -> dict[str, Any]:
+    pixels = load_images(list(row["images"]), StorageConfig(**storage), size).numpy()
+    return {"dataset": row["dataset"], "pixels": pixels, "scores": np.asarray(row["scores"], dtype=np.float32)}
+
+
+def _restore(model: PromptIQA, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, int]:
+    """Load the latest checkpoint Ray Train hands this worker; (epoch, step) to continue from."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, 0
+    with checkpoint.as_directory() as folder:
+        model.load_state_dict(torch.load(Path(folder) / "model.pt", map_location="cpu"))
+        state = torch.load(Path(folder) / "train_state.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["epoch"], state["step"]
+
+
+def _save(folder: Path, model: PromptIQA, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int) -> None:
+    torch.save(model.state_dict(), folder / "model.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step},
+               folder / "train_state.pt")
+    (folder / "model_config.json").write_text(model.cfg.model_dump_json(indent=2))
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: stream episodes of its shard, L1 on in-batch predictions after RS/RF, report per epoch."""
+    cfg = PromptIQATrainConfig.model_validate(config["cfg"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    model = PromptIQA(cfg.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.cosine_epochs)
+    start_epoch, step = _restore(model, optimizer, scheduler)
+    trained = ray.train.torch.prepare_model(InBatchPromptIQA(model))
+    shard = ray.train.get_dataset_shard("train")
+    aug = cfg.augment
+    for epoch in range(start_epoch, cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, rank, epoch])
+        trained.train()
+        losses = []
+        for i, batch in enumerate(shard.iter_batches(batch_size=1, batch_format="numpy")):
+            if cfg.max_steps_per_epoch is not None and i >= cfg.max_steps_per_epoch:
+                break
+            images, scores = torch.tensor(batch["pixels"][0]), torch.tensor(batch["scores"][0])
+            loss, _, _ = in_batch_loss(trained, images, scores, rng, aug.p_scale, aug.p_flip, aug.alpha, aug.scaling)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+        scheduler.step()
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                                   "lr": scheduler.get_last_lr()[0]}
+        if rank == 0:
+            model.eval()
+            metrics |= validate(model, config["val"], cfg.storage)
+            with tempfile.TemporaryDirectory() as tmp:
+                _save(Path(tmp), model, optimizer, scheduler, epoch + 1, step)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def _run_config(cfg: PromptIQATrainConfig) -> ray.train.RunConfig:
+    if split_uri(cfg.storage_path)[0] == "s3":
+        fs, path = resolve_fs(cfg.storage_path, cfg.storage)
+        storage = {"storage_path": path, "storage_filesystem": fs}
+    else:
+        storage = {"storage_path": str(Path(cfg.storage_path).resolve())}
+    return ray.train.RunConfig(
+        name=cfg.name,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        **storage,
+    )
+
+
+def train_promptiqa(cfg: PromptIQATrainConfig) -> ray.train.Result:
+    """Build the mixed episode dataset and validation sets, run the TorchTrainer, return its Result."""
+    ensure_ray(cfg.ray)
+    prepare_synthetic(cfg)
+    splits = load_splits(cfg)
+    episodes = make_episodes(splits, cfg.batch_size, cfg.seed)
+    train = ray.data.from_items(episodes).map(
+        _load_episode, fn_kwargs={"storage": cfg.storage.model_dump(), "size": cfg.model.image_size},
+        num_cpus=cfg.loader_cpus,
+    )
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg.model_dump(), "val": validation_sets(splits, cfg.ispp_size, cfg.ispp_sampling, cfg.seed)},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=_run_config(cfg),
+        datasets={"train": train},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
+
+
+def summarize(result: ray.train.Result, datasets: list[DatasetSpec]) -> str:
+    """One screen: epochs, steps, validation SRCC/PLCC per dataset, where the checkpoint is."""
+    m = result.metrics or {}
+    lines = [f"PromptIQA training: epoch {m.get('epoch')} step {m.get('step')} train_loss {m.get('train_loss', float('nan')):.4f}"]
+    for spec in datasets:
+        lines.append(f"  {spec.key:<24} SRCC {m.get(f'val/{spec.key}/srcc', float('nan')):+.4f}"
+                     f"  PLCC {m.get(f'val/{spec.key}/plcc', float('nan')):+.4f}")
+    lines.append(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    return "\n".join(lines)
+
+
+def main_train_promptiqa(config_path: str | None, overrides: list[str]) -> int:
+    """`rayiqa train promptiqa CONFIG [key=value ...]`."""
+    cfg = load_config(PromptIQATrainConfig, config_path, overrides)
+    if cfg.model.encoder == "tiny" and cfg.model.checkpoint is None:
+        log.warning("weights: random-init tiny encoder; scores from this run are not quality estimates")
+    result = train_promptiqa(cfg)
+    print(summarize(result, cfg.datasets))
+    return 0 if result.error is None else 1
+
