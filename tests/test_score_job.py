@@ -59,7 +59,7 @@ def _check_scored_row(row, n_models=1, lam=1.0):
         s_local = np.dot(crop_scores, np.asarray(row["crop_areas"]) / np.sum(row["crop_areas"]))
         s_k.append(g @ values + lam * s_local)
     assert row["model_scores"] == pytest.approx(s_k)
-    assert row["score"] == pytest.approx(np.mean(s_k))
+    assert np.isfinite(row["score"]) and row["score"] == pytest.approx(np.mean(s_k))
     for x0, y0, x1, y1 in row["crop_boxes"]:
         assert 0 <= x0 < x1 <= row["width"] and 0 <= y0 < y1 <= row["height"]
 
@@ -112,5 +112,5 @@ def test_two_model_ensemble_averages_and_whole_image_mode(ray_local, tmp_path):
         assert row["crop_boxes"] == [] and row["local_score"] is None
         assert len(row["model_scores"]) == 2
         assert row["model_scores"] == pytest.approx([np.asarray(p) @ np.arange(1, 8) for p in row["global_probs"]])
-        assert row["score"] == pytest.approx(np.mean(row["model_scores"]))
+        assert np.isfinite(row["score"]) and row["score"] == pytest.approx(np.mean(row["model_scores"]))
         assert row["model_scores"][0] != pytest.approx(row["model_scores"][1])  # different resize -> different input

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from rayiqa.config import LLMIQAConfig, MLLMConfig
 from rayiqa.methods import llm_iqa
-from rayiqa.pipeline.stages import _object_column, add_model_columns, finalize, requests_of
+from rayiqa.pipeline.stages import object_column, add_model_columns, finalize, requests_of
 
 META = ("path", "width", "height", "error_kind", "error", "boxes", "areas")
 PLACEHOLDER = np.zeros((28, 28, 3), dtype=np.uint8)  # the single request an error row sends
@@ -39,8 +39,8 @@ def explode_requests(row: dict) -> list[dict]:
 def regroup(group: dict, model_ids: list[str], method: LLMIQAConfig) -> pa.Table:
     """All requests of one image -> its output row (model k's probabilities in `level_probs_m{k}`)."""
     order = np.argsort(group["req_index"], kind="stable")
-    batch = {k: _object_column([group[k][order[0]]]) for k in META}
-    batch["masks"] = _object_column([np.zeros((0, 0), np.uint8)])
+    batch = {k: object_column([group[k][order[0]]]) for k in META}
+    batch["masks"] = object_column([np.zeros((0, 0), np.uint8)])
     values = llm_iqa.standard_prompt(method.levels, method.standard).level_values()
     per_model: list[dict[int, np.ndarray]] = []
     for k in range(len(model_ids)):

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from rayiqa.config import InputConfig, LLMIQAConfig, MLLMConfig, SegmenterConfig
 from rayiqa.methods import llm_iqa
-from rayiqa.pipeline.adapt import TTA_COLUMNS
+from rayiqa.pipeline.adapt import TTA_COLUMNS, tta_value
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _set_error(batch: dict, i: int, kind: str, exc: BaseException) -> None:
     log.warning("%s on %s: %s", kind, batch["path"][i], traceback.format_exception_only(exc)[-1].strip())
 
 
-def _object_column(values: list) -> np.ndarray:
+def object_column(values: list) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
@@ -96,15 +96,15 @@ def decode_batch(batch: dict, input_cfg: InputConfig) -> dict:
         kinds.append(kind or "")
         errors.append(msg or "")
     return {
-        "path": _object_column([str(p) for p in batch["path"]]),
-        "image": _object_column(images),
+        "path": object_column([str(p) for p in batch["path"]]),
+        "image": object_column(images),
         "width": np.asarray(widths, dtype=np.int32),
         "height": np.asarray(heights, dtype=np.int32),
-        "error_kind": _object_column(kinds),
-        "error": _object_column(errors),
-        "boxes": _object_column([NO_BOXES] * n),
-        "areas": _object_column([np.zeros(0, np.int64)] * n),
-        "masks": _object_column([np.zeros((0, 0), np.uint8)] * n),
+        "error_kind": object_column(kinds),
+        "error": object_column(errors),
+        "boxes": object_column([NO_BOXES] * n),
+        "areas": object_column([np.zeros(0, np.int64)] * n),
+        "masks": object_column([np.zeros((0, 0), np.uint8)] * n),
     }
 
 
@@ -133,7 +133,7 @@ class SegmentStage:
             areas[i] = np.asarray([int(m.sum()) for m in masks], dtype=np.int64)
             if self.method.crop == "mask" and masks:
                 packed[i] = np.stack([np.packbits(m, axis=None) for m in masks])
-        batch["boxes"], batch["areas"], batch["masks"] = map(_object_column, (boxes, areas, packed))
+        batch["boxes"], batch["areas"], batch["masks"] = map(object_column, (boxes, areas, packed))
         return batch
 
 
@@ -210,11 +210,16 @@ def add_model_columns(batch: dict, k: int, probs: dict[int, np.ndarray], values:
         g_probs[i], c_probs[i] = p[0], p[1:]
         s_global[i], c_scores[i] = float(scores[0]), scores[1:]
         s_local[i] = llm_iqa.local_score(scores[1:], batch["areas"][i]) if len(scores) > 1 else None
-    batch[f"global_probs_m{k}"] = _object_column(g_probs)
-    batch[f"crop_probs_m{k}"] = _object_column(c_probs)
-    batch[f"crop_scores_m{k}"] = _object_column(c_scores)
-    batch[f"global_score_m{k}"] = _object_column(s_global)
-    batch[f"local_score_m{k}"] = _object_column(s_local)
+    batch[f"global_probs_m{k}"] = object_column(g_probs)
+    batch[f"crop_probs_m{k}"] = object_column(c_probs)
+    batch[f"crop_scores_m{k}"] = object_column(c_scores)
+    batch[f"global_score_m{k}"] = object_column(s_global)
+    batch[f"local_score_m{k}"] = object_column(s_local)
+
+
+def _number_or_none(x) -> float | None:
+    """A nullable float as it comes back from Ray Data (an all-None object column arrives as NaN)."""
+    return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
 
 def _mean_or_none(values: list) -> float | None:
@@ -231,7 +236,7 @@ def finalize(batch: dict, model_ids: list[str], method: LLMIQAConfig) -> pa.Tabl
         ok = _ok(batch, i)
         areas = np.asarray(batch["areas"][i], dtype=np.int64)
         g = [batch[f"global_score_m{k}"][i] for k in ks] if ok else []
-        loc = [batch[f"local_score_m{k}"][i] for k in ks] if ok else []
+        loc = [_number_or_none(batch[f"local_score_m{k}"][i]) for k in ks] if ok else []
         s_k = [llm_iqa.mix_grained_score(gk, lk, method.lam) for gk, lk in zip(g, loc)]
         cols["path"].append(str(batch["path"][i]))
         cols["score"].append(llm_iqa.ensemble_score(s_k) if ok else None)
@@ -250,5 +255,5 @@ def finalize(batch: dict, model_ids: list[str], method: LLMIQAConfig) -> pa.Tabl
         cols["crop_scores"].append([np.asarray(batch[f"crop_scores_m{k}"][i]).tolist() for k in ks] if ok else [])
         cols["crop_probs"].append([np.asarray(batch[f"crop_probs_m{k}"][i]).tolist() for k in ks] if ok else [])
         for col in TTA_COLUMNS:
-            cols[col].append(batch[col][i] if col in batch else None)
+            cols[col].append(tta_value(batch, col, i))
     return pa.Table.from_pydict(cols, schema=OUTPUT_SCHEMA)
