@@ -1,0 +1,118 @@
+"""The serving endpoint's config (`rayiqa serve`, configs/serve.yaml): HTTP, limits, auth, one entry per model."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, model_validator
+
+from rayiqa.config.base import RayConfig, Section, StorageConfig
+from rayiqa.config.score import LLMIQAConfig, MLLMConfig, SegmenterConfig
+
+
+class DeploymentConfig(Section):
+    """Replicas, resources and batching of one Ray Serve deployment (autoscaling when min < max)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)  # per replica, what autoscaling aims at
+    upscale_delay_s: float = Field(default=3.0, ge=0)
+    downscale_delay_s: float = Field(default=60.0, ge=0)
+    max_ongoing_requests: int = Field(default=8, ge=1)  # per replica; more queue in the caller
+    num_cpus: float = Field(default=0.5, ge=0)  # fractional resources per replica
+    num_gpus: float = Field(default=0.0, ge=0)
+    max_batch_size: int = Field(default=8, ge=1)  # @serve.batch: images per model call
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DeploymentConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options(...)`."""
+        return {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "initial_replicas": max(self.min_replicas, 1),
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
+            },
+        }
+
+
+class LLMIQAModelConfig(Section):
+    """LLM-IQA scoring (the `rayiqa score` method) behind one deployment."""
+
+    kind: Literal["llm-iqa"] = "llm-iqa"
+    mllms: list[MLLMConfig] = Field(default_factory=lambda: [MLLMConfig()], min_length=1)
+    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
+    method: LLMIQAConfig = Field(default_factory=LLMIQAConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+
+class TTAModelConfig(Section):
+    """An IQA backbone served with LLM-TTA: an MLLM ranks each batch, norm layers adapt, then predict."""
+
+    kind: Literal["tta"] = "tta"
+    backbone: str = "tiny-cnn"  # a rayiqa.models.backbones name
+    device: str = "cpu"
+    image_size: int = Field(default=224, gt=0)  # images are resized to a square to form a batch
+    ranker: MLLMConfig = Field(default_factory=MLLMConfig)  # reads p(good) (Eq. 2)
+    adapt: bool = True  # False: source-model scores only (no ranker call)
+    k: int = Field(default=2, ge=2)  # cluster size (top-k / bottom-k)
+    tau: float = Field(default=0.1, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    n_iter: int = Field(default=10, ge=1)
+    loss_form: Literal["paper", "tta-iqa"] = "paper"
+    seed: int = 2021
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+
+class PluginModelConfig(Section):
+    """A deployment written in its own module (PromptIQA, GRMP); `settings` go to its constructor."""
+
+    kind: Literal["promptiqa", "grmp"]
+    settings: dict[str, Any] = Field(default_factory=dict)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+
+ModelConfig = Annotated[Union[LLMIQAModelConfig, TTAModelConfig, PluginModelConfig], Field(discriminator="kind")]
+
+
+class HTTPConfig(Section):
+    host: str = "0.0.0.0"  # where Serve's HTTP proxy listens
+    port: int = Field(default=8000, ge=1, le=65535)
+    route_prefix: str = "/"
+
+
+class LimitsConfig(Section):
+    """Per-request limits; a request beyond them gets a 413 with a message."""
+
+    max_bytes: int = Field(default=20_000_000, gt=0)  # encoded bytes per image
+    max_pixels: int = Field(default=40_000_000, gt=0)  # decoded width x height per image
+    max_images: int = Field(default=8, gt=0)  # images per request
+    fetch_timeout_s: float = Field(default=10.0, gt=0)  # https:// image fetches
+
+
+class AuthConfig(Section):
+    api_key_env: str | None = None  # name of the env var holding the API key; null: no auth
+
+
+class ServeConfig(Section):
+    """`rayiqa serve`: one HTTP ingress and one deployment per named model."""
+
+    app_name: str = "rayiqa"
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    ingress: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(num_cpus=0.25, max_ongoing_requests=64))
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)  # for s3:// image URIs
+    models: dict[str, ModelConfig] = Field(
+        default_factory=lambda: {"llm-iqa": LLMIQAModelConfig(), "tta-tiny-cnn": TTAModelConfig()}, min_length=1
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)

@@ -1,0 +1,80 @@
+"""The serving layer's pure parts, without Ray: config validation, deployment options, input checks."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from fastapi import HTTPException
+from PIL import Image
+
+from rayiqa.config import ConfigError, load_config
+from rayiqa.config.serve import DeploymentConfig, LimitsConfig, ServeConfig
+from rayiqa.serve.app import decode_b64, to_image
+from rayiqa.serve.metrics import status_class
+from rayiqa.serve.tta import to_tensor_batch
+
+
+def test_shipped_config_loads_with_two_models():
+    cfg = load_config(ServeConfig, "configs/serve.yaml")
+    assert {name: m.kind for name, m in cfg.models.items()} == {"llm-iqa": "llm-iqa", "tta-tiny-cnn": "tta"}
+    assert cfg.models["llm-iqa"].deployment.max_replicas == 2
+
+
+def test_deployment_options_map_onto_serve_keywords():
+    opts = DeploymentConfig(min_replicas=1, max_replicas=3, num_cpus=0.25, num_gpus=0.5, max_ongoing_requests=5).serve_options()
+    assert opts["max_ongoing_requests"] == 5
+    assert opts["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.5}
+    assert (opts["autoscaling_config"]["min_replicas"], opts["autoscaling_config"]["max_replicas"]) == (1, 3)
+    assert DeploymentConfig(min_replicas=0).serve_options()["autoscaling_config"]["initial_replicas"] == 1
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("models.llm-iqa.deployment.min_replicas=3", "max_replicas (2) < min_replicas (3)"),
+        ("models.x={kind: nope}", "models.x"),
+        ("models.llm-iqa.bogus=1", "models.llm-iqa.llm-iqa.bogus: unknown key"),
+        ("limits.max_images=0", "limits.max_images"),
+    ],
+)
+def test_bad_serve_configs_name_the_key(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(ServeConfig, "configs/serve.yaml", [override])
+    assert words in str(err.value)
+
+
+def png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 20, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_checks_map_to_client_errors():
+    limits = LimitsConfig(max_bytes=10_000, max_pixels=100 * 100)
+    assert to_image(png(100, 100), 0, limits)[0, 0].tolist() == [10, 20, 30]
+    cases = [
+        (lambda: to_image(png(101, 100), 2, limits), 413, "image 2: too_large"),
+        (lambda: to_image(b"hello", 1, limits), 415, "image 1: not_an_image"),
+        (lambda: to_image(b"", 0, limits), 415, "empty"),
+        (lambda: to_image(b"\0" * 10_001, 0, limits), 413, "max_bytes"),
+        (lambda: decode_b64("@@@", 3, limits), 400, "image 3: invalid base64"),
+        (lambda: decode_b64("A" * 20_000, 0, limits), 413, "max_bytes"),
+    ]
+    for call, status, words in cases:
+        with pytest.raises(HTTPException) as err:
+            call()
+        assert err.value.status_code == status and words in err.value.detail
+    assert decode_b64(base64.b64encode(b"abc").decode(), 0, limits) == b"abc"
+
+
+def test_status_classes():
+    assert [status_class(c) for c in (200, 404, 413, 500)] == ["2xx", "4xx", "4xx", "5xx"]
+
+
+def test_tta_batches_are_resized_floats_in_unit_range():
+    images = [np.full((10, 20, 3), 255, np.uint8), np.zeros((30, 15, 3), np.uint8)]
+    x = to_tensor_batch(images, 8)
+    assert tuple(x.shape) == (2, 3, 8, 8)
+    assert float(x[0].min()) == pytest.approx(1.0) and float(x[1].max()) == 0.0
