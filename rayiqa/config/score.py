@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rayiqa.config.base import RayConfig, Section, StageConfig, StorageConfig
+from rayiqa.config.tta import AdaptConfig
 
 
 class InputConfig(Section):
@@ -81,6 +82,7 @@ class ScoreConfig(Section):
     decode: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=16))
     segment: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=2))
     score: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=16))
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

@@ -203,22 +203,26 @@ def requests_of(batch: dict, i: int) -> list[np.ndarray]:
 
 def add_model_columns(batch: dict, k: int, probs: dict[int, np.ndarray], values: np.ndarray, method: LLMIQAConfig) -> None:
     """Model k's columns `*_m{k}` from each scored row's level probabilities (whole image, then crops)."""
-    n = len(batch["path"])
-    g_probs, c_probs, c_scores, s_global, s_local = ([None] * n for _ in range(5))
+    n, levels = len(batch["path"]), len(values)
+    # Unscored rows get empty arrays and NaN (not None), so blocks with and without them concatenate.
+    g_probs, c_scores = [np.zeros(0)] * n, [np.zeros(0)] * n
+    c_probs = [np.zeros((0, levels))] * n
+    s_global, s_local = [float("nan")] * n, [float("nan")] * n
     for i, p in probs.items():
         scores = llm_iqa.level_score(p, values, method.readout)
         g_probs[i], c_probs[i] = p[0], p[1:]
         s_global[i], c_scores[i] = float(scores[0]), scores[1:]
-        s_local[i] = llm_iqa.local_score(scores[1:], batch["areas"][i]) if len(scores) > 1 else None
+        if len(scores) > 1:
+            s_local[i] = llm_iqa.local_score(scores[1:], batch["areas"][i])
     batch[f"global_probs_m{k}"] = object_column(g_probs)
     batch[f"crop_probs_m{k}"] = object_column(c_probs)
     batch[f"crop_scores_m{k}"] = object_column(c_scores)
-    batch[f"global_score_m{k}"] = object_column(s_global)
-    batch[f"local_score_m{k}"] = object_column(s_local)
+    batch[f"global_score_m{k}"] = np.asarray(s_global, dtype=np.float64)
+    batch[f"local_score_m{k}"] = np.asarray(s_local, dtype=np.float64)
 
 
 def _number_or_none(x) -> float | None:
-    """A nullable float as it comes back from Ray Data (an all-None object column arrives as NaN)."""
+    """A nullable float: NaN marks a missing value between stages (e.g. no local score)."""
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
 
@@ -235,7 +239,7 @@ def finalize(batch: dict, model_ids: list[str], method: LLMIQAConfig) -> pa.Tabl
     for i in range(n):
         ok = _ok(batch, i)
         areas = np.asarray(batch["areas"][i], dtype=np.int64)
-        g = [batch[f"global_score_m{k}"][i] for k in ks] if ok else []
+        g = [float(batch[f"global_score_m{k}"][i]) for k in ks] if ok else []
         loc = [_number_or_none(batch[f"local_score_m{k}"][i]) for k in ks] if ok else []
         s_k = [llm_iqa.mix_grained_score(gk, lk, method.lam) for gk, lk in zip(g, loc)]
         cols["path"].append(str(batch["path"][i]))
