@@ -36,13 +36,7 @@ from rayiqa.models.backbones import create_backbone, wrap_module
 from rayiqa.models.backbones.vgg import create_vgg16_features
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # On the 2 shared CPU cores, intra-op threads make these tiny nets slower, not faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
