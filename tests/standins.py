@@ -9,7 +9,8 @@ class TransformersLevelProbs:
     def __init__(self, cfg, prompt, image_column, keep_columns):
         from rayiqa.models.mllm import create_engine
 
-        self.engine, self.prompt, self.image_column, self.keep = create_engine(cfg), prompt, image_column, keep_columns
+        self.engine = create_engine(cfg.model_copy(update={"engine": "transformers"}))
+        self.prompt, self.image_column, self.keep = prompt, image_column, keep_columns
 
     def __call__(self, batch):
         from rayiqa.models.mllm.base import LevelRequest
