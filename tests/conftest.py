@@ -33,3 +33,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """The bundled pristine photos shrunk to 48x48, so synthetic sets made from them are quick."""
+    from PIL import Image
+
+    from rayiqa.io.samples import samples_dir
+
+    folder = tmp_path_factory.mktemp("pristine")
+    for png in sorted(samples_dir().glob("*.png")):
+        with Image.open(png) as im:
+            im.convert("RGB").resize((48, 48)).save(folder / png.name)
+    return folder

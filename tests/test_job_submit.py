@@ -42,23 +42,29 @@ def free_ports(n: int) -> list[int]:
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    """Whether a process of the group still runs (zombies, which only wait for init to reap them, do not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 20) -> None:
     """SIGTERM the cluster's process group, then SIGKILL whatever is left after the grace period."""
     pgid = proc.pid
-    if group_alive(pgid):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if group_alive(pgid):
-        os.killpg(pgid, signal.SIGKILL)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if group_alive(pgid):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.5)
     proc.wait(timeout=30)
 
 

@@ -4,25 +4,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from rayiqa.config import load_config
 from rayiqa.config.promptiqa import PromptIQAModelConfig, PromptIQAServeConfig, PromptIQATrainConfig
-from rayiqa.io.samples import samples_dir
 from rayiqa.models.promptiqa import load_promptiqa
 from rayiqa.serve.base import UnknownRequirement
 
 SMALL_MODEL = ["model.image_size=32", "model.dim=16", "model.prompt_depth=1", "model.ispp_depth=1", "model.fusion_depth=2"]
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    """The four bundled pristine photos shrunk to 48x48, so the synthetic set is quick to make."""
-    folder = tmp_path_factory.mktemp("pristine")
-    for png in sorted(samples_dir().glob("*.png")):
-        with Image.open(png) as im:
-            im.convert("RGB").resize((48, 48)).save(folder / png.name)
-    return folder
 
 
 def test_train_writes_checkpoints_and_resumes(ray_local, pristine, tmp_path):

@@ -9,7 +9,6 @@ import pytest
 from broken import write_broken_files, write_tricky_files
 from rayiqa.config import ScoreConfig, load_config
 from rayiqa.io.samples import samples_dir
-from rayiqa.methods import llm_iqa
 from rayiqa.pipeline.score_job import run_score
 
 FAST = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,7 +27,9 @@ from rayiqa.methods.grmp_iqa import (
 from rayiqa.models.clip_prompt import reference_semantic_logits, scene_prompts
 from rayiqa.train.grmp import (
     build_model,
+    _read_state,
     epoch_seed,
+    fewshot_grmp,
     finetune_grmp,
     load_images,
     load_model,
@@ -177,3 +180,27 @@ def test_qgr_finetune_step_equals_direct_computation(ray_local, synthetic_root, 
     fresh = dict(build_model(cfg.model).named_parameters())
     frozen = [n for n in fresh if n not in params]
     assert frozen and all(torch.equal(tuned_params[n], fresh[n]) for n in frozen)
+
+
+def test_fewshot_protocol_runs_each_split_and_reports_medians(ray_local, synthetic_root, tmp_path) -> None:
+    cfg = GRMPFinetuneConfig.model_validate({
+        "mode": "fewshot",
+        "model": {"clip": "tiny", "seed": 0},
+        "data": {"dataset": "synthetic", "root": synthetic_root, "synthetic_source": None},
+        "finetune": {"lr": 1e-3, "epochs": 1, "batch_size": 2, "last_n_blocks": 1, "train_fraction": 0.5},
+        "fewshot": {"sizes": [2, 4], "repeats": 2},
+        "run": {"storage_path": str(tmp_path), "name": "fs", "num_workers": 1, "cpus_per_worker": 0.5},
+    })
+    results = fewshot_grmp(cfg)
+    assert sorted(results) == [2, 4]
+    for n in (2, 4):
+        finals = []
+        for i in range(2):
+            states = [_read_state(c) for c in (tmp_path / f"fs-n{n}-split{i}").glob("checkpoint_*") if c.is_dir()]
+            final = max(states, key=lambda s: s["epoch"])["history"][-1]
+            assert final["epoch"] == 1 and len(final["angle_deg"]) == n // 2  # n samples in batches of 2
+            finals.append(final)
+        for key in ("srcc", "plcc"):  # the median of two splits is their mean
+            assert results[n][key] == pytest.approx(np.mean([f[key] for f in finals]), abs=1e-9)
+    with pytest.raises(ValueError, match="fewshot.sizes: 50"):
+        fewshot_grmp(cfg.model_copy(update={"fewshot": cfg.fewshot.model_copy(update={"sizes": [50]})}))

@@ -24,6 +24,9 @@ class StorageConfig(Section):
     anon: bool = False
     key: str | None = None
     secret: str | None = None
+    # Attempts per S3 request, retried by the AWS SDK ("standard" mode: exponential backoff with
+    # jitter, <= 20 s apart); 10 rides out roughly a minute of unreachable store before the run fails.
+    retry_attempts: int = Field(default=10, ge=1)
 
 
 class StageConfig(Section):

@@ -45,6 +45,7 @@ class TrainRunConfig(Section):
     num_workers: int = Field(default=2, ge=1)
     cpus_per_worker: float = Field(default=0.5, gt=0)
     use_gpu: bool = False
+    max_failures: int = Field(default=2, ge=-1)  # Ray Train worker-failure retries (-1: unlimited)
 
 
 class MetaConfig(Section):

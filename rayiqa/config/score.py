@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rayiqa.config.base import RayConfig, Section, StageConfig, StorageConfig
+from rayiqa.config.promptiqa import PromptIQAModelConfig
 from rayiqa.config.tta import AdaptConfig
 
 
@@ -71,9 +72,32 @@ class LLMIQAConfig(Section):
     lam: float = Field(default=1.0, ge=0)  # lambda in s = s_global + lambda * s_local
 
 
-class ScoreConfig(Section):
-    """`rayiqa score`: LLM-IQA mix-grained scoring of an image collection."""
+class ISPPItem(Section):
+    """One image-score pair of PromptIQA's prompt."""
 
+    path: str  # local path or s3:// URI (read with input.storage)
+    score: float = Field(ge=0, le=1)  # on the 0-1 scale the model was trained on (min-max normalised MOS or DMOS)
+
+
+class PromptIQAScorerConfig(Section):
+    """`scorer: promptiqa`: a trained PromptIQA scoring under the requirement its ISPP states."""
+
+    model: PromptIQAModelConfig = Field(default_factory=PromptIQAModelConfig)  # model.checkpoint is required
+    ispp: list[ISPPItem] = Field(default_factory=list)  # the image-score pair prompt (paper: 10 pairs)
+    device: str = "cpu"
+
+
+class GRMPScorerConfig(Section):
+    """`scorer: grmp`: a fine-tuned GRMP-IQA (prompted CLIP); the score is p(high | x) of Eq. 2."""
+
+    checkpoint: str | None = None  # a `rayiqa train grmp-finetune` checkpoint folder (local or s3://); required
+    device: str = "cpu"
+
+
+class ScoreConfig(Section):
+    """`rayiqa score`: score an image collection with LLM-IQA (default), a trained PromptIQA or a GRMP-IQA."""
+
+    scorer: Literal["llm-iqa", "promptiqa", "grmp"] = "llm-iqa"  # the model that scores each image
     input: InputConfig = Field(default_factory=InputConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     mllms: list[MLLMConfig] = Field(default_factory=lambda: [MLLMConfig()], min_length=1)
@@ -83,6 +107,8 @@ class ScoreConfig(Section):
     segment: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=2))
     score: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=16))
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    promptiqa: PromptIQAScorerConfig = Field(default_factory=PromptIQAScorerConfig)
+    grmp: GRMPScorerConfig = Field(default_factory=GRMPScorerConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
@@ -90,6 +116,18 @@ class ScoreConfig(Section):
         engines = {m.engine for m in self.mllms}
         if len(engines) > 1:
             raise ValueError(f"mllms: all models of an ensemble must use the same engine, got {sorted(engines)}")
+        return self
+
+    @model_validator(mode="after")
+    def _scorer_needs(self) -> "ScoreConfig":
+        if self.scorer == "promptiqa" and not (self.promptiqa.model.checkpoint and self.promptiqa.ispp):
+            raise ValueError("scorer promptiqa: promptiqa.model.checkpoint and promptiqa.ispp (>= 1 path/score) are required")
+        if self.scorer == "grmp" and not self.grmp.checkpoint:
+            raise ValueError("scorer grmp: grmp.checkpoint is required")
+        if self.adapt.method != "none" and self.mllms[0].engine == "vllm":
+            raise ValueError(f"adapt.method {self.adapt.method!r} runs on the transformers engine only (mllms.engine is vllm)")
+        if self.scorer != "llm-iqa" and self.adapt.method != "none":
+            raise ValueError(f"adapt.method {self.adapt.method!r} needs scorer llm-iqa (its rankers are the job's MLLMs)")
         return self
 
 

@@ -3,8 +3,8 @@
 Two views of the same store, built from one set of resolved options:
 - `resolve_fs` gives pyarrow's native `S3FileSystem` (or `LocalFileSystem`) for reading bytes.
   It is what Ray Data builds itself for `s3://` paths: C++ I/O that releases the GIL, picklable
-  into Ray tasks, with the AWS SDK's own retry strategy, and it talks to moto/MinIO through
-  `endpoint_override` + `scheme`.
+  into Ray tasks, with the AWS SDK's own retry strategy (`storage.retry_attempts`), and it talks
+  to moto/MinIO through `endpoint_override` + `scheme`.
 - `resolve_fsspec` gives fsspec's `LocalFileSystem` / `s3fs.S3FileSystem` for listing, because
   pyarrow has no glob and fsspec's `glob`/`find` do `*`, `**` and `?` the same way on both stores.
 
@@ -24,7 +24,6 @@ import s3fs
 
 from rayiqa.config import StorageConfig
 
-S3_MAX_ATTEMPTS = 10  # AWS "standard" retry mode: throttling/5xx/timeouts, exponential backoff
 S3_SCHEMES = ("s3", "s3a")
 
 
@@ -37,6 +36,7 @@ class S3Options:
     key: str | None
     secret: str | None
     anon: bool
+    retry_attempts: int  # per request, AWS "standard" retry mode: throttling/5xx/network, exponential backoff
 
 
 def s3_options(storage: StorageConfig) -> S3Options:
@@ -48,6 +48,7 @@ def s3_options(storage: StorageConfig) -> S3Options:
         key=storage.key,
         secret=storage.secret,
         anon=storage.anon,
+        retry_attempts=storage.retry_attempts,
     )
 
 
@@ -75,18 +76,32 @@ def join_uri(scheme: str, path: str) -> str:
     return f"s3://{path}" if scheme == "s3" else path
 
 
-def _pyarrow_s3(opts: S3Options) -> pafs.S3FileSystem:
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's `S3FileSystem` that keeps its retry budget when pickled into Ray tasks.
+
+    pyarrow's own `__reduce__` drops `retry_strategy` (apache/arrow#47348), so every Ray Data read,
+    write and checkpoint task would fall back to the default 3 attempts; this one rebuilds itself.
+    """
+
+    def __init__(self, retry_attempts: int, **kwargs) -> None:
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=retry_attempts), **kwargs)
+        self._init_args = (retry_attempts, kwargs)
+
+    def __reduce__(self):
+        return _rebuild_s3, self._init_args
+
+
+def _rebuild_s3(retry_attempts: int, kwargs: dict) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(retry_attempts, **kwargs)
+
+
+def _pyarrow_s3(opts: S3Options) -> RetryingS3FileSystem:
     kwargs: dict = {}
     if opts.endpoint_url:
         endpoint = urlsplit(opts.endpoint_url if "://" in opts.endpoint_url else f"https://{opts.endpoint_url}")
         kwargs.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme)
-    return pafs.S3FileSystem(
-        access_key=opts.key,
-        secret_key=opts.secret,
-        anonymous=opts.anon,
-        region=opts.region,
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
-        **kwargs,
+    return RetryingS3FileSystem(
+        opts.retry_attempts, access_key=opts.key, secret_key=opts.secret, anonymous=opts.anon, region=opts.region, **kwargs
     )
 
 
@@ -113,7 +128,7 @@ def resolve_fsspec(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFil
         anon=opts.anon,
         endpoint_url=opts.endpoint_url,
         client_kwargs={"region_name": opts.region} if opts.region else None,
-        config_kwargs={"retries": {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}},
+        config_kwargs={"retries": {"max_attempts": opts.retry_attempts, "mode": "standard"}},
         use_listings_cache=False,  # a listing must see objects written since the last one
     )
     return fs, path

@@ -222,6 +222,8 @@ class AdaptStage:
                 out["tta_batch"][i] = batch_id
                 out["tta_method"][i] = self.cfg.method
                 out["tta_note"][i] = note
+        from rayiqa.pipeline.stages import drop_pixels  # stages imports this module
+
         for col, values in out.items():
             batch[col] = _column(values)
-        return batch
+        return drop_pixels(batch)

@@ -28,6 +28,62 @@ def ensure_ray(cfg: RayConfig, min_cpus: float = 0) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
 
 
+class StorageError(RuntimeError):
+    """The object store kept failing past its retry budget; the message names the store and the error."""
+
+
+# Ray Data retries a file operation whose error matches `DataContext.retried_io_errors` 10 times (up to
+# 32 s apart) on top of the AWS SDK's own attempts; for an unreachable store that multiplies the budget
+# (~10 min before a dead store ends the run). These are Ray's defaults as regexes, less
+# "AWS Error NETWORK_CONNECTION": connection errors are left to the SDK's `storage.retry_attempts`.
+RAY_RETRIED_IO_ERRORS = (
+    r"AWS Error INTERNAL_FAILURE",
+    r"AWS Error SLOW_DOWN",
+    r"AWS Error UNKNOWN \(HTTP status 503\)",
+    r"AWS Error SERVICE_UNAVAILABLE",
+)
+
+
+def configure_io_retries() -> None:
+    """One retry budget for an unreachable store (the SDK's, per request); Ray Data keeps retrying
+    throttling and 5xx answers on top of the SDK."""
+    from ray.data import DataContext
+
+    DataContext.get_current().retried_io_errors = list(RAY_RETRIED_IO_ERRORS)
+
+
+def io_cause(exc: BaseException) -> OSError | None:
+    """The I/O error behind a failed run, if any: the first OSError down the exception's chain
+    (a Ray task error carries the worker's exception as `.cause`)."""
+    from ray.exceptions import RayTaskError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, RayTaskError):  # checked first: Ray's error class also subclasses the cause's
+            exc = exc.cause
+        elif isinstance(exc, OSError):
+            return exc
+        else:
+            exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def storage_error(exc: BaseException, output_uri: str, budget: str) -> StorageError | None:
+    """A short StorageError for a run that died on I/O (None if `exc` is not an I/O error);
+    `budget` names the retry setting, e.g. "output.storage.retry_attempts=10"."""
+    cause = io_cause(exc)
+    if cause is None:
+        return None
+    first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return StorageError(
+        f"storage I/O failed after the retry budget ({budget} per request): "
+        f"{type(cause).__name__}: {first_line}\n"
+        f"Output {output_uri}: the Parquet parts already written are complete; "
+        "run the same command again to resume once the store is reachable."
+    )
+
+
 def join_path(root: str, name: str) -> str:
     """Join a filesystem path (local or bucket/key form) with a child name."""
     return f"{root.rstrip('/')}/{name}"

@@ -1,16 +1,19 @@
-"""`rayiqa score`: the LLM-IQA scoring job as one streaming Ray Data pipeline.
+"""`rayiqa score`: the scoring job as one streaming Ray Data pipeline.
 
 read input list -> decode (tasks) -> segment (SAM2 actor pool) -> score (one actor pool per MLLM)
--> finalize -> write Parquet. Ray Data's checkpointing (id column `path`) makes a re-run into the
+-> finalize -> write Parquet; with `scorer: promptiqa | grmp` one trained-model actor pool scores
+whole images instead of segment + MLLMs. Ray Data's checkpointing (id column `path`) makes a re-run into the
 same output resume: inputs already written are filtered out at the read and none is written twice.
 """
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rayiqa.config import ScoreConfig, StageConfig
@@ -20,7 +23,8 @@ from rayiqa.io.sources import list_inputs
 from rayiqa.pipeline import stages
 from rayiqa.pipeline.adapt import AdaptStage, pack_rows
 from rayiqa.pipeline.request_rows import score_by_requests
-from rayiqa.pipeline.runtime import ensure_ray, join_path, model_provenance
+from rayiqa.pipeline.runtime import StorageError, configure_io_retries, ensure_ray, join_path, model_provenance, storage_error
+from rayiqa.pipeline.trained_scorer import TrainedScoreStage, scorer_id
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,9 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
         num_cpus=cfg.decode.num_cpus,
         batch_format="numpy",
     )
+    if cfg.scorer != "llm-iqa":  # a trained single-score model: whole images, one actor pool
+        ds = ds.map_batches(TrainedScoreStage, fn_constructor_args=(cfg,), **_actor_args(cfg.score))
+        return ds.map_batches(stages.finalize, fn_kwargs={"model_ids": model_ids, "method": cfg.method}, batch_format="numpy")
     if cfg.method.segmentation:
         ds = ds.map_batches(
             stages.SegmentStage, fn_constructor_args=(cfg.segmenter, cfg.method), **_actor_args(cfg.segment)
@@ -101,7 +108,8 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
     if cfg.mllms[0].engine == "vllm":  # the config allows no mixed ensembles
         return score_by_requests(ds, cfg.mllms, cfg.method, model_ids, cfg.score.concurrency)
     for k, mllm in enumerate(cfg.mllms):
-        ds = ds.map_batches(stages.ScoreStage, fn_constructor_args=(mllm, cfg.method, k), **_actor_args(cfg.score))
+        last = k == len(cfg.mllms) - 1 and cfg.adapt.method == "none"  # else AdaptStage reads the pixels
+        ds = ds.map_batches(stages.ScoreStage, fn_constructor_args=(mllm, cfg.method, k, last), **_actor_args(cfg.score))
     if cfg.adapt.method != "none":  # strict windows of rows; AdaptStage cuts them into batches of B good images
         ds = ds.map_batches(pack_rows, batch_format="numpy")
         ds = ds.repartition(target_num_rows_per_block=cfg.adapt.stage.batch_size, strict=True)
@@ -112,22 +120,59 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
 def cpus_needed(cfg: ScoreConfig) -> float:
     """Logical CPUs the job holds at once: its actor pools at their max size, one decode task, one read
     task and Ray Data's checkpoint-filter actor (1 CPU, present when resuming)."""
-    pools = [(cfg.score, len(cfg.mllms))] + ([(cfg.segment, 1)] if cfg.method.segmentation else [])
+    llm_iqa = cfg.scorer == "llm-iqa"
+    pools = [(cfg.score, len(cfg.mllms) if llm_iqa else 1)] + ([(cfg.segment, 1)] if llm_iqa and cfg.method.segmentation else [])
+    pools += [(cfg.adapt.stage, 1)] if cfg.adapt.method != "none" else []
     return sum(st.num_cpus * st.concurrency[1] * n for st, n in pools) + cfg.decode.num_cpus + 1 + 1
 
 
+def _parts(layout: Layout) -> set[str]:
+    """The output's Parquet parts, listed without reading them: a killed run may leave a half-written
+    part, which Ray Data's resume deletes (its checkpoint is still pending) before scoring its rows again."""
+    from pyarrow import fs as pafs
+
+    def visible(path: str) -> bool:  # as pyarrow's readers: `_`/`.`-prefixed files and folders are skipped
+        return not any(p.startswith(("_", ".")) for p in path[len(layout.root) :].split("/"))
+
+    infos = layout.fs.get_file_info(pafs.FileSelector(layout.root, recursive=True, allow_not_found=True))
+    return {i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet") and visible(i.path)}
+
+
+def _rows_in(layout: Layout, parts: set[str]) -> int:
+    return pads.dataset(sorted(parts), filesystem=layout.fs, format="parquet").count_rows() if parts else 0
+
+
 def run_score(cfg: ScoreConfig) -> RunSummary:
-    """Run the scoring job end to end; returns (and writes into the manifest) the run's summary."""
+    """Run the scoring job end to end; returns (and writes into the manifest) the run's summary.
+
+    Raises StorageError (one clear message) when the output store stays down past its retry budget.
+    """
     ensure_ray(cfg.ray, cpus_needed(cfg))
+    configure_io_retries()
+    try:
+        return _run_score(cfg)
+    except Exception as exc:  # fault tolerance (issue 8): name the storage failure, not a Ray trace
+        err = storage_error(exc, cfg.output.uri, f"output.storage.retry_attempts={cfg.output.storage.retry_attempts}")
+        if err is None:
+            raise
+        raise err from exc
+
+
+def _run_score(cfg: ScoreConfig) -> RunSummary:
     started = time.time()
-    provenance = model_provenance(cfg)
+    if cfg.scorer == "llm-iqa":
+        provenance = model_provenance(cfg)
+        model_ids = [m["model_id"] for m in provenance["mllms"]]
+    else:
+        model_ids = [scorer_id(cfg)]
+        provenance = {"scorer": {"model_id": model_ids[0], "weights": "trained checkpoint"}}
     layout, n_inputs = _prepare_output(cfg)
-    before = summarise_output(layout.fs, layout.root).rows
-    ds = build_pipeline(cfg, layout, [m["model_id"] for m in provenance["mllms"]])
+    before = _parts(layout)
+    ds = build_pipeline(cfg, layout, model_ids)
     ds.write_parquet(layout.root, filesystem=layout.fs)
     elapsed = time.time() - started
     summary = summarise_output(layout.fs, layout.root)
-    summary = summary.with_run(inputs=n_inputs, new_rows=summary.rows - before, seconds=elapsed, uri=cfg.output.uri)
+    summary = summary.with_run(inputs=n_inputs, new_rows=_rows_in(layout, _parts(layout) - before), seconds=elapsed, uri=cfg.output.uri)
     write_manifest(layout.fs, layout.root, cfg, provenance, summary)
     return summary
 
@@ -136,6 +181,10 @@ def main_score(config_path: str | None, overrides: list[str]) -> int:
     """`rayiqa score`: load the config, run, print the summary."""
     from rayiqa.config import load_config
 
-    summary = run_score(load_config(ScoreConfig, config_path, overrides))
+    try:
+        summary = run_score(load_config(ScoreConfig, config_path, overrides))
+    except StorageError as e:
+        print(f"storage error: {e}", file=sys.stderr)
+        return 3
     print(summary.render())
     return 0

@@ -154,12 +154,13 @@ class ScoreStage:
     """One MLLM of the ensemble: scores the whole image and each crop with the standard-guided prompt
     (one forward per request, level-token probabilities), adds that model's columns `*_m{index}`."""
 
-    def __init__(self, mllm_cfg: MLLMConfig, method: LLMIQAConfig, index: int):
+    def __init__(self, mllm_cfg: MLLMConfig, method: LLMIQAConfig, index: int, last: bool = False):
         from rayiqa.models.mllm import create_engine
 
         self.engine = create_engine(mllm_cfg)
         self.method = method
         self.index = index
+        self.last = last  # no later stage reads the pixels: drop them
         self.prompt = llm_iqa.standard_prompt(method.levels, method.standard)
         self.values = self.prompt.level_values()
 
@@ -180,19 +181,33 @@ class ScoreStage:
         return out
 
     def __call__(self, batch: dict) -> dict:
-        n = len(batch["path"])
-        rows = [i for i in range(n) if _ok(batch, i)]
-        try:
-            probs = self._score_rows(batch, rows)
-        except Exception:  # isolate the failing image(s): score rows one by one
-            probs = {}
-            for i in rows:
-                try:
-                    probs.update(self._score_rows(batch, [i]))
-                except Exception as exc:
-                    _set_error(batch, i, "model_error", exc)
+        probs = score_isolated(batch, self._score_rows)
         add_model_columns(batch, self.index, probs, self.values, self.method)
-        return batch
+        return drop_pixels(batch) if self.last else batch
+
+
+def drop_pixels(batch: dict) -> dict:
+    """The batch without its decoded images and packed masks, once no later stage reads them, so the
+    blocks queued for finalize and the write hold ~1 KiB per row instead of the image."""
+    for col in ("image", "masks"):
+        batch.pop(col, None)
+    return batch
+
+
+def score_isolated(batch: dict, score_rows) -> dict:
+    """`score_rows(batch, rows) -> {row: result}` over the batch's good rows in one call; if that
+    raises, row by row, so only the failing image becomes a `model_error` row."""
+    rows = [i for i in range(len(batch["path"])) if _ok(batch, i)]
+    try:
+        return score_rows(batch, rows)
+    except Exception:
+        out = {}
+        for i in rows:
+            try:
+                out.update(score_rows(batch, [i]))
+            except Exception as exc:
+                _set_error(batch, i, "model_error", exc)
+        return out
 
 
 def requests_of(batch: dict, i: int) -> list[np.ndarray]:
@@ -214,6 +229,18 @@ def add_model_columns(batch: dict, k: int, probs: dict[int, np.ndarray], values:
         s_global[i], c_scores[i] = float(scores[0]), scores[1:]
         if len(scores) > 1:
             s_local[i] = llm_iqa.local_score(scores[1:], batch["areas"][i])
+    _set_model_columns(batch, k, g_probs, c_probs, c_scores, s_global, s_local)
+
+
+def add_score_columns(batch: dict, k: int, scores: dict[int, float]) -> None:
+    """Model k's columns for a scorer that gives one number per image (no levels, no crops)."""
+    n = len(batch["path"])
+    s_global = [float(scores[i]) if i in scores else float("nan") for i in range(n)]
+    empty = [np.zeros(0)] * n
+    _set_model_columns(batch, k, empty, [np.zeros((0, 0))] * n, empty, s_global, [float("nan")] * n)
+
+
+def _set_model_columns(batch: dict, k: int, g_probs: list, c_probs: list, c_scores: list, s_global: list, s_local: list) -> None:
     batch[f"global_probs_m{k}"] = object_column(g_probs)
     batch[f"crop_probs_m{k}"] = object_column(c_probs)
     batch[f"crop_scores_m{k}"] = object_column(c_scores)

@@ -3,8 +3,9 @@
 Routes: `POST /v1/score` (multipart files, or JSON with base64 / s3:// / https:// images),
 `POST|GET /v1/requirements` (PromptIQA), `GET /v1/models`, `GET /healthz`; OpenAPI at `/docs`.
 Client mistakes get a 4xx with a `detail` message (400 bad base64 / URI, 401 auth, 404 unknown
-model or requirement, 413 over a limit, 415 not an image, 422 malformed request); the ingress
-decodes every image with `rayiqa.io.decode.decode_image` before any model sees it.
+model or requirement, 413 over a limit, 415 not an image, 422 malformed request); a request whose
+model replica dies under it gets a 503 with Retry-After. The ingress decodes every image with
+`rayiqa.io.decode.decode_image` before any model sees it.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from rayiqa.config import load_config
@@ -42,6 +44,7 @@ DEPLOYMENTS: dict[str, str] = {
 REQUIREMENT_KINDS = frozenset({"promptiqa"})
 DECODE_STATUS = {"too_large": 413, "too_many_bytes": 413}  # other decode failures: 415
 FORM_OVERHEAD_BYTES = 1 << 20  # allowance for multipart/JSON framing in the Content-Length check
+RETRY_AFTER_S = 1  # Retry-After of a 503 for a request whose model replica died (another one takes it)
 
 
 class ImageInput(BaseModel):
@@ -230,13 +233,18 @@ class Ingress:
         return {"model": req.model, "results": results}
 
     async def call(self, method: Any, *args: Any) -> Any:
-        """Await a deployment method; its UnknownRequirement is a 404, its ValueError a 422."""
+        """Await a deployment method; its UnknownRequirement is a 404, its ValueError a 422, and a model
+        replica that died under the request a 503 with Retry-After (Serve replaces the replica)."""
         try:
             return await method.remote(*args)
         except UnknownRequirement as e:
             raise client_error(404, f"unknown requirement: {e.args[0] if e.args else e}") from None
         except ValueError as e:
             raise client_error(422, str(e)) from None
+        except RayActorError as e:
+            log.warning("model replica lost during a request: %s", e)
+            raise HTTPException(503, "the model replica serving this request died; retry",
+                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
 
     async def add_requirement(self, request: Request) -> dict[str, Any]:
         self.check_key(request)

@@ -9,7 +9,8 @@ Eq. 8, because QGR must project the global gradients; that is why it does not us
 `torch.autograd.grad` bypasses. Meta-tasks need random access by index, so every worker decodes
 the (small) labelled image set itself instead of streaming Ray Data shards. Checkpoints hold the
 whole model (`model.pt`), its config (`model.json`) and the run state (`state.json`: epoch,
-per-epoch history); rerunning with the same `run.name` resumes from the latest one.
+per-epoch history); rerunning with the same `run.name`, or a Ray Train retry after a worker failure
+(up to `run.max_failures`), resumes from the latest one.
 """
 from __future__ import annotations
 
@@ -246,7 +247,8 @@ def _run(loop: Any, config: dict[str, Any], run: TrainRunConfig) -> ray.train.Re
             num_workers=run.num_workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker}
         ),
         run_config=ray.train.RunConfig(
-            name=run.name, storage_path=storage, checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)
+            name=run.name, storage_path=storage, checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
         ),
     )
     return trainer.fit()

@@ -146,7 +146,11 @@ def _save(folder: Path, model: PromptIQA, optimizer: torch.optim.Optimizer, sche
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: stream episodes of its shard, L1 on in-batch predictions after RS/RF, report per epoch."""
+    """One Ray Train worker: stream episodes of its shard, L1 on in-batch predictions after RS/RF, report per epoch.
+
+    Every report carries `resumed_from_step`, the step this attempt started from (0: fresh), so a
+    Ray Train retry after a worker failure shows in the metrics where it resumed.
+    """
     cfg = PromptIQATrainConfig.model_validate(config["cfg"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -154,6 +158,7 @@ def train_loop(config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.cosine_epochs)
     start_epoch, step = _restore(model, optimizer, scheduler)
+    resumed_from_step = step  # 0 on a fresh start; after a worker failure, the checkpoint's step
     trained = ray.train.torch.prepare_model(InBatchPromptIQA(model))
     shard = ray.train.get_dataset_shard("train")
     aug = cfg.augment
@@ -172,7 +177,8 @@ def train_loop(config: dict[str, Any]) -> None:
             losses.append(loss.item())
             step += 1
         scheduler.step()
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "step": step, "resumed_from_step": resumed_from_step,
+                                   "train_loss": float(np.mean(losses)) if losses else float("nan"),
                                    "lr": scheduler.get_last_lr()[0]}
         if rank == 0:
             model.eval()

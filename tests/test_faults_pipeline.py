@@ -1,0 +1,373 @@
+"""Fault tolerance of the scoring job on a real local Ray (issue 8): a scorer actor killed mid-run,
+the driver killed mid-run and the command run again, a model that raises on one image, and an
+object store (moto) that goes away for a few seconds or for good. Every run must end with each
+input exactly once in the output.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import botocore.session
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from moto.server import ThreadedMotoServer
+from PIL import Image
+
+from rayiqa.config import InputConfig, ScoreConfig, StorageConfig, load_config
+from rayiqa.io.fs import resolve_fs
+from rayiqa.io.samples import samples_dir
+from rayiqa.io.sources import list_inputs
+from rayiqa.pipeline.runtime import StorageError
+from rayiqa.pipeline.score_job import run_score
+from rayiqa.pipeline.stages import OUTPUT_SCHEMA
+
+RAYIQA = str(Path(sys.executable).with_name("rayiqa"))
+# Whole-image scoring with the tiny random-weight Qwen2.5-VL; batches of 2 so a run has many parts.
+FAST = [
+    "method.segmentation=false",
+    "mllms=[{preset: tiny, max_pixels: 12544}]",
+    "decode.batch_size=2",
+    "decode.num_cpus=0.25",
+    "score.batch_size=2",
+]
+KEY, SECRET, BUCKET = "testing", "testing", "scores"
+WAIT_S = 600  # upper bound on any wait for the run to reach a state (a loaded shared machine is slow)
+
+
+def _cfg(out_uri: str, *extra: str) -> ScoreConfig:
+    return load_config(ScoreConfig, None, ["input.uri=builtin:samples", f"output.uri={out_uri}", *FAST, *extra])
+
+
+def _assert_each_input_once(rows: list[dict], inputs: list[str]) -> None:
+    counts = Counter(r["path"] for r in rows)
+    assert set(counts) == set(inputs) and set(counts.values()) == {1}, counts
+    assert all(r["error_kind"] is None and math.isfinite(r["score"]) for r in rows), rows
+
+
+def _committed_rows(fs: pafs.FileSystem, out_path: str) -> int:
+    """Inputs in committed parts: Ray Data renames a part's `<id>.pending.parquet` checkpoint to
+    `<id>.parquet` once the part is written (a committed checkpoint file is complete, so readable)."""
+    infos = fs.get_file_info(pafs.FileSelector(f"{out_path}/_checkpoint", allow_not_found=True))
+    done = [i.path for i in infos if i.path.endswith(".parquet") and not i.path.endswith(".pending.parquet")]
+    return sum(pq.read_metadata(p, filesystem=fs).num_rows for p in done)
+
+
+def _wait_for(predicate, what: str, until_s: float = WAIT_S):
+    deadline = time.monotonic() + until_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"waited {until_s}s for {what}")
+
+
+class Background(threading.Thread):
+    """Runs `fn` beside the job; its result or exception is re-raised in the test by `result()`."""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn, self.value, self.error = fn, None, None
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn()
+        except BaseException as exc:  # surfaced by result()
+            self.error = exc
+
+    def result(self):
+        self.join(timeout=WAIT_S)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+# ---- 1. a scorer actor killed mid-run -----------------------------------------------------------
+
+
+def _ancestors(pid: int, depth: int = 4) -> list[int]:
+    out = []
+    for _ in range(depth):
+        try:
+            pid = int((Path(f"/proc/{pid}/stat")).read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            break
+        out.append(pid)
+    return out
+
+
+def _scorer_pids() -> list[int]:
+    """Live scorer actor processes of the Ray that this test process started (driver -> raylet ->
+    worker), by the title Ray gives an actor pool's worker: `ray::MapWorker(...MapBatches(ScoreStage))`.
+    (`ray.util.state.list_actors` needs the dashboard, which the session's local Ray runs without.)"""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            title = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::MapWorker(") and "MapBatches(ScoreStage)" in title and os.getpid() in _ancestors(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_killed_scorer_actor_is_replaced_and_each_input_lands_once(ray_local, tmp_path):
+    cfg = _cfg(str(tmp_path / "out"), "input.limit=16")
+    inputs = list_inputs(cfg.input)
+    local, out = pafs.LocalFileSystem(), str(tmp_path / "out")
+    job_done = threading.Event()
+
+    def kill_scorer() -> dict:
+        # After the first committed part the scorer actor is initialised and the run is under way.
+        _wait_for(lambda: _committed_rows(local, out), "a first committed part")
+        pid = _wait_for(_scorer_pids, "a live scorer process")[0]
+        seen = {"pid": pid, "committed": _committed_rows(local, out), "job_done": job_done.is_set()}
+        os.kill(pid, signal.SIGKILL)
+        seen["replacements"] = _wait_for(lambda: [p for p in _scorer_pids() if p != pid] or job_done.is_set(), "a new scorer")
+        return seen
+
+    killer = Background(kill_scorer)
+    killer.start()
+    try:
+        summary = run_score(cfg)
+    finally:
+        job_done.set()
+    killed = killer.result()
+    assert not killed["job_done"] and 0 < killed["committed"] < len(inputs)  # killed mid-run
+    assert isinstance(killed["replacements"], list) and killed["pid"] not in killed["replacements"]  # a new scorer
+    _assert_each_input_once(pads.dataset(out, format="parquet").to_table().to_pylist(), inputs)
+    assert summary.rows == summary.unique_paths == summary.scored == summary.new_rows == len(inputs)
+
+
+# ---- 2. the driver killed mid-run, then the same command again ----------------------------------
+
+
+def _procs_with_env(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose environment holds `marker`: the subprocess's Ray, wherever
+    its processes' groups are."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in (proc / "environ").read_bytes() and "Z" != (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _kill_leftovers(marker: str, grace_s: float = 30) -> list[int]:
+    """SIGKILL whatever still runs with `marker` after `grace_s`; returns what was left at the deadline."""
+    deadline = time.monotonic() + grace_s
+    while _procs_with_env(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _procs_with_env(marker)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def test_driver_killed_mid_run_then_rerun_completes_the_rest(tmp_path):
+    out = tmp_path / "out"
+    config = tmp_path / "score.yaml"
+    config.write_text(yaml.safe_dump({  # FAST, as a config file
+        "input": {"uri": "builtin:samples", "limit": 24},
+        "output": {"uri": str(out), "mode": "resume"},
+        "method": {"segmentation": False},
+        "mllms": [{"preset": "tiny", "max_pixels": 12544}],
+        "decode": {"batch_size": 2, "num_cpus": 0.25},
+        "score": {"batch_size": 2},
+    }))
+    inputs = list_inputs(InputConfig(uri="builtin:samples", limit=24))
+    ray_tmp = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # this run's own Ray temp dir; short for sockets
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+               TOKENIZERS_PARALLELISM="false")
+    local = pafs.LocalFileSystem()
+    try:
+        with (tmp_path / "first.log").open("w") as log:
+            first = subprocess.Popen([RAYIQA, "score", str(config)], env=env, cwd=tmp_path,
+                                     start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: first.poll() is not None or _committed_rows(local, str(out)), "a first committed part")
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started (same group)
+            first.wait(timeout=30)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+        committed = _committed_rows(local, str(out))
+        assert not (out / "_manifest.json").exists() and 0 < committed < len(inputs)  # killed mid-run
+        assert _kill_leftovers(ray_tmp) == []  # killing the group took all of its Ray with it
+        parts_before = {p.name for p in out.glob("*.parquet")}
+
+        again = subprocess.run([RAYIQA, "score", str(config)], env=env, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    finally:
+        left = _kill_leftovers(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert left == []  # the finished run shut its Ray down
+
+    table = pq.read_table(out)
+    _assert_each_input_once(table.to_pylist(), inputs)
+    kept = [p for p in out.glob("*.parquet") if p.name in parts_before]  # parts of the killed run that stayed
+    kept_rows = sum(pq.read_metadata(p).num_rows for p in kept)
+    assert kept_rows == committed  # committed parts survive the resume; half-written ones do not
+    summary = json.loads((out / "_manifest.json").read_text())["summary"]
+    assert summary["rows"] == summary["unique_paths"] == summary["scored"] == summary["inputs"] == len(inputs)
+    assert summary["new_rows"] == len(inputs) - kept_rows  # the rerun scored the remainder only
+    assert f"scored this run    {len(inputs) - kept_rows} " in again.stdout
+
+
+# ---- 3. a model that raises on one image --------------------------------------------------------
+
+
+def test_model_error_on_one_image_is_that_images_error_row(ray_local, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    normal = sorted(p for p in samples_dir().iterdir() if p.suffix == ".jpg")[:3]
+    for p in normal:
+        shutil.copy(p, src / p.name)
+    # A real, decodable 2 x 600 px image: Qwen2-VL's smart_resize refuses aspect ratios above 200.
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (2, 600, 3), dtype=np.uint8)).save(src / "sliver.png")
+    # One decode block and one scorer batch of 8 hold all four images: the failing one among good ones.
+    cfg = load_config(ScoreConfig, None, [f"input.uri={src}", f"output.uri={tmp_path / 'out'}", *FAST,
+                                          "decode.batch_size=8", "score.batch_size=8"])
+    summary = run_score(cfg)
+    rows = {Path(r["path"]).name: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    assert sorted(rows) == sorted([p.name for p in normal] + ["sliver.png"])
+    bad = rows.pop("sliver.png")
+    assert bad["error_kind"] == "model_error" and bad["score"] is None
+    assert "aspect ratio must be smaller than 200" in bad["error"] and bad["error"].startswith("ValueError")
+    assert (bad["width"], bad["height"]) == (600, 2)  # decoded fine; only the model refused it
+    for row in rows.values():
+        assert row["error_kind"] is None and row["error"] is None
+        probs = np.asarray(row["global_probs"][0])
+        assert probs.shape == (7,) and probs.sum() == pytest.approx(1.0)
+        assert row["score"] == pytest.approx(probs @ np.arange(1, 8))
+    assert summary.errors == {"model_error": 1} and summary.scored == 3
+
+
+# ---- 4. object storage that fails for a few seconds, then for good ------------------------------
+
+
+@pytest.fixture
+def moto_s3():
+    """A moto S3 server on 127.0.0.1 with one bucket; `restart()` brings it back on the same port
+    with the same objects (moto keeps its state in this process, not in the server thread)."""
+    servers = [ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)]
+    servers[0].start()
+    host, port = servers[0].get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY, aws_secret_access_key=SECRET
+    )
+    client.create_bucket(Bucket=BUCKET)
+
+    class Moto:
+        storage = StorageConfig(endpoint_url=endpoint, key=KEY, secret=SECRET, region="us-east-1")
+        up = True
+
+        @staticmethod
+        def stop() -> None:
+            servers[-1].stop()
+            Moto.up = False
+
+        @staticmethod
+        def restart() -> None:
+            servers.append(ThreadedMotoServer(ip_address=host, port=port, verbose=False))
+            servers[-1].start()
+            Moto.up = True
+
+    yield Moto
+    if Moto.up:
+        servers[-1].stop()
+
+
+def _s3_cfg(moto, prefix: str, *extra: str) -> ScoreConfig:
+    storage = [f"output.storage.{k}={v}" for k, v in moto.storage.model_dump(exclude_none=True).items() if k != "anon"]
+    return _cfg(f"s3://{BUCKET}/{prefix}", "input.limit=16", *storage, *extra)
+
+
+def _stop_store_after_first_commit(moto, cfg: ScoreConfig, job_done: threading.Event, outage_s: float | None):
+    fs, path = resolve_fs(cfg.output.uri, cfg.output.storage)
+
+    def outage() -> dict:
+        _wait_for(lambda: _committed_rows(fs, path), "a first committed part")
+        seen = {"committed": _committed_rows(fs, path), "job_done": job_done.is_set()}
+        moto.stop()
+        if outage_s is not None:
+            time.sleep(outage_s)
+            moto.restart()
+        return seen
+
+    return Background(outage)
+
+
+def _s3_rows(cfg: ScoreConfig) -> list[dict]:
+    fs, path = resolve_fs(cfg.output.uri, cfg.output.storage)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pylist()
+
+
+def test_object_store_outage_is_retried_and_a_dead_store_fails_clearly(ray_local, moto_s3):
+    # Transient: the store goes away for 4 s mid-run; the SDK's retries with backoff ride it out.
+    cfg = _s3_cfg(moto_s3, "transient")
+    inputs = list_inputs(cfg.input)
+    done = threading.Event()
+    outage = _stop_store_after_first_commit(moto_s3, cfg, done, outage_s=4)
+    outage.start()
+    try:
+        summary = run_score(cfg)
+    finally:
+        done.set()
+    seen = outage.result()
+    assert not seen["job_done"] and 0 < seen["committed"] < len(inputs)  # the outage hit a running job
+    _assert_each_input_once(_s3_rows(cfg), inputs)
+    assert summary.rows == summary.unique_paths == summary.new_rows == len(inputs)
+
+    # Permanent: the store goes away for good; the run stops with one clear storage message.
+    cfg = _s3_cfg(moto_s3, "permanent", "output.storage.retry_attempts=2")
+    done = threading.Event()
+    outage = _stop_store_after_first_commit(moto_s3, cfg, done, outage_s=None)
+    outage.start()
+    try:
+        with pytest.raises(StorageError) as failed:
+            run_score(cfg)
+    finally:
+        done.set()
+    seen = outage.result()
+    assert not seen["job_done"] and 0 < seen["committed"] < len(inputs)
+    message = str(failed.value)
+    assert "AWS Error NETWORK_CONNECTION" in message and "output.storage.retry_attempts=2" in message
+    assert f"s3://{BUCKET}/permanent" in message and len(message.splitlines()) <= 3
+
+    moto_s3.restart()  # to look at what the failed run left: each part whole and readable
+    fs, path = resolve_fs(cfg.output.uri, cfg.output.storage)
+    parts = pads.dataset(path, filesystem=fs, format="parquet").files
+    rows = [r for part in parts for r in pq.read_table(part, filesystem=fs).to_pylist()]
+    assert pq.read_schema(parts[0], filesystem=fs).equals(OUTPUT_SCHEMA) and len(rows) >= seen["committed"]
+    assert len(rows) < len(inputs) and all(math.isfinite(r["score"]) for r in rows)
+    assert max(Counter(r["path"] for r in rows).values()) == 1 and {r["path"] for r in rows} <= set(inputs)
+
+    resumed = run_score(_s3_cfg(moto_s3, "permanent"))  # the same run resumed: the remainder only
+    _assert_each_input_once(_s3_rows(cfg), inputs)
+    assert resumed.rows == len(inputs) and 0 < resumed.new_rows <= len(inputs) - seen["committed"]
