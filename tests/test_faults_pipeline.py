@@ -364,9 +364,11 @@ def test_object_store_outage_is_retried_and_a_dead_store_fails_clearly(ray_local
     fs, path = resolve_fs(cfg.output.uri, cfg.output.storage)
     parts = pads.dataset(path, filesystem=fs, format="parquet").files
     rows = [r for part in parts for r in pq.read_table(part, filesystem=fs).to_pylist()]
-    assert pq.read_schema(parts[0], filesystem=fs).equals(OUTPUT_SCHEMA) and len(rows) >= seen["committed"]
-    assert len(rows) < len(inputs) and all(math.isfinite(r["score"]) for r in rows)
-    assert max(Counter(r["path"] for r in rows).values()) == 1 and {r["path"] for r in rows} <= set(inputs)
+    assert all(pq.read_schema(part, filesystem=fs).equals(OUTPUT_SCHEMA) for part in parts)
+    assert len(rows) >= seen["committed"] and all(math.isfinite(r["score"]) for r in rows)
+    # A part whose checkpoint commit the outage cut off may repeat rows of a retried write; it is still
+    # pending, and the resumed run below deletes it (two-phase commit) before scoring its rows again.
+    assert {r["path"] for r in rows} <= set(inputs)
 
     resumed = run_score(_s3_cfg(moto_s3, "permanent"))  # the same run resumed: the remainder only
     _assert_each_input_once(_s3_rows(cfg), inputs)

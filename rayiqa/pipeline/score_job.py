@@ -147,8 +147,12 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
 
     Raises StorageError (one clear message) when the output store stays down past its retry budget.
     """
+    import ray.data
+
     ensure_ray(cfg.ray, cpus_needed(cfg))
     configure_io_retries()
+    ctx = ray.data.DataContext.get_current()
+    previous = ctx.checkpoint_config
     try:
         return _run_score(cfg)
     except Exception as exc:  # fault tolerance (issue 8): name the storage failure, not a Ray trace
@@ -156,6 +160,8 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
         if err is None:
             raise
         raise err from exc
+    finally:  # the DataContext is per process: later Ray Data jobs here must not inherit this run's resume ids
+        ctx.checkpoint_config = previous
 
 
 def _run_score(cfg: ScoreConfig) -> RunSummary:
