@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayiqa.config import InputConfig
+from rayiqa.io.decode import decode_image
 from rayiqa.io.fs import join_uri, resolve_fs, resolve_fsspec, split_uri
 from rayiqa.io.samples import SAMPLES_URI, samples_dir
 
@@ -113,3 +114,12 @@ def read_bytes(
             return f.read(), None, None
     except (OSError, pa.ArrowException) as e:
         return None, "read_error", f"{uri}: {type(e).__name__}: {e}"
+
+
+def read_image(uri: str, fs: pafs.FileSystem, path: str, input_cfg: InputConfig):
+    """(RGB uint8 image, None, None), or (None, error kind, message): read + decode under the input limits."""
+    data, kind, msg = read_bytes(uri, fs, path, input_cfg.max_bytes)
+    if data is None:
+        return None, kind, msg
+    res = decode_image(data, input_cfg.max_pixels)
+    return res.image, res.error_kind, res.error

@@ -74,9 +74,8 @@ def object_column(values: list) -> np.ndarray:
 
 def decode_batch(batch: dict, input_cfg: InputConfig) -> dict:
     """Read each file's bytes from its filesystem and decode it to RGB; bad files become error rows."""
-    from rayiqa.io.decode import decode_image
     from rayiqa.io.fs import resolve_fs, split_uri
-    from rayiqa.io.sources import read_bytes
+    from rayiqa.io.sources import read_image
 
     n = len(batch["path"])
     filesystems: dict[str, object] = {}  # one filesystem per scheme and batch
@@ -85,11 +84,7 @@ def decode_batch(batch: dict, input_cfg: InputConfig) -> dict:
         scheme, path = split_uri(uri)
         if scheme not in filesystems:
             filesystems[scheme] = resolve_fs(uri, input_cfg.storage)[0]
-        data, kind, msg = read_bytes(uri, filesystems[scheme], path, input_cfg.max_bytes)
-        image = None
-        if data is not None:
-            res = decode_image(data, input_cfg.max_pixels)
-            image, kind, msg = res.image, res.error_kind, res.error
+        image, kind, msg = read_image(uri, filesystems[scheme], path, input_cfg)
         images.append(EMPTY_IMAGE if image is None else image)
         heights.append(0 if image is None else image.shape[0])
         widths.append(0 if image is None else image.shape[1])

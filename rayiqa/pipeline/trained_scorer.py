@@ -19,18 +19,13 @@ Scorer = Callable[[list[np.ndarray]], list[float]]
 
 def read_image(uri: str, input_cfg: InputConfig) -> np.ndarray:
     """One RGB image read and decoded like the job's inputs; a bad file raises with its reason."""
-    from rayiqa.io.decode import decode_image
     from rayiqa.io.fs import resolve_fs
-    from rayiqa.io.sources import read_bytes
+    from rayiqa.io.sources import read_image as read_decoded
 
-    fs, path = resolve_fs(uri, input_cfg.storage)
-    data, kind, msg = read_bytes(uri, fs, path, input_cfg.max_bytes)
-    if data is not None:
-        res = decode_image(data, input_cfg.max_pixels)
-        if res.image is not None:
-            return res.image
-        kind, msg = res.error_kind, res.error
-    raise ValueError(f"{uri}: {kind}: {msg}")
+    image, kind, msg = read_decoded(uri, *resolve_fs(uri, input_cfg.storage), input_cfg)
+    if image is None:
+        raise ValueError(f"{uri}: {kind}: {msg}")
+    return image
 
 
 def promptiqa_scorer(cfg: PromptIQAScorerConfig, input_cfg: InputConfig) -> Scorer:
