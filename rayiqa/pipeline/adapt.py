@@ -24,15 +24,10 @@ from torchvision.transforms.v2 import functional as TF
 from rayiqa.config import LLMIQAConfig, MLLMConfig
 from rayiqa.config.tta import AdaptConfig
 from rayiqa.methods import llm_iqa, llm_tta, tta_baselines
+from rayiqa.pipeline.stages import TTA_COLUMNS, drop_pixels, missing_as_none
 
 if TYPE_CHECKING:  # the MLLM package (transformers) loads only in actors that rank with prompt 2
     from rayiqa.models.mllm.base import LevelPrompt
-
-TTA_COLUMNS = (
-    "tta_score", "tta_base_score", "tta_ranker_score", "tta_cluster", "tta_final_loss",
-    "tta_batch", "tta_method", "tta_note",
-)
-
 
 def plan_batches(n: int, b: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Positions 0..n-1 as adaptation batches `(members, written)`, every batch exactly b members.
@@ -84,7 +79,7 @@ def pack_rows(batch: dict) -> dict:
     make them) cannot be concatenated, bytes columns always can.
     """
     names = list(batch)
-    rows = [pickle.dumps({c: _missing_as_none(batch[c][i]) for c in names}) for i in range(len(batch["path"]))]
+    rows = [pickle.dumps({c: missing_as_none(batch[c][i]) for c in names}) for i in range(len(batch["path"]))]
     return {"path": batch["path"], "packed": _column(rows)}
 
 
@@ -92,18 +87,6 @@ def unpack_rows(batch: dict) -> dict:
     """The inverse of `pack_rows`: the original columns, as object arrays."""
     rows = [pickle.loads(b) for b in batch["packed"]]
     return {c: _column([r[c] for r in rows]) for c in rows[0]} if rows else {}
-
-
-def _missing_as_none(value: object) -> object:
-    """None for None / NaN scalars (how Ray Data returns an all-null column), numpy scalars as Python values."""
-    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def tta_value(batch: dict, col: str, i: int) -> object:
-    """Row i's value of a TTA column for the output: None when the stage did not run or left it empty."""
-    return _missing_as_none(batch[col][i]) if col in batch else None
 
 
 def _raiser(exc: Exception) -> Callable[..., llm_tta.AdaptResult]:
@@ -222,7 +205,6 @@ class AdaptStage:
                 out["tta_batch"][i] = batch_id
                 out["tta_method"][i] = self.cfg.method
                 out["tta_note"][i] = note
-        from rayiqa.pipeline.stages import drop_pixels  # stages imports this module
 
         for col, values in out.items():
             batch[col] = _column(values)

@@ -93,7 +93,6 @@ def model_provenance(cfg: ScoreConfig) -> dict:
     """Model ids and weight sources of a score run. Resolving the tiny presets here builds their
     checkpoints once on the driver, before any actor asks for them."""
     from rayiqa.models.mllm.presets import resolve_model
-    from rayiqa.models.segmenter import resolve_spec
 
     mllms = []
     for m in cfg.mllms:
@@ -101,6 +100,8 @@ def model_provenance(cfg: ScoreConfig) -> dict:
         mllms.append({"model_id": m.preset, "source": str(source), "weights": weights, "engine": m.engine})
     out = {"mllms": mllms}
     if cfg.method.segmentation:
+        from rayiqa.models.segmenter import resolve_spec  # torch + sam2: only for a job that segments
+
         spec = resolve_spec(cfg.segmenter)
         out["segmenter"] = {
             "model_id": spec.model_id,

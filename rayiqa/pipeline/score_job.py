@@ -21,7 +21,6 @@ from rayiqa.io.fs import resolve_fs
 from rayiqa.io.manifest import RunSummary, summarise_output, write_manifest
 from rayiqa.io.sources import list_inputs
 from rayiqa.pipeline import stages
-from rayiqa.pipeline.adapt import AdaptStage, pack_rows
 from rayiqa.pipeline.request_rows import score_by_requests
 from rayiqa.pipeline.runtime import StorageError, configure_io_retries, ensure_ray, join_path, model_provenance, storage_error
 from rayiqa.pipeline.trained_scorer import TrainedScoreStage, scorer_id
@@ -89,6 +88,9 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
         delete_checkpoint_on_success=False,  # a finished run re-run scores nothing
         override_filesystem=layout.fs,
     )
+    # The input list is one driver-written file: Ray Data's V2 Parquet reader starts footer-reader actors
+    # (new processes, seconds) on every read to index it; the V1 read task reads it in one go.
+    ctx.use_datasource_v2 = False
     ds = ray.data.read_parquet(layout.inputs, filesystem=layout.fs)
     ds = ds.repartition(target_num_rows_per_block=cfg.decode.batch_size)
     ds = ds.map_batches(
@@ -111,6 +113,8 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
         last = k == len(cfg.mllms) - 1 and cfg.adapt.method == "none"  # else AdaptStage reads the pixels
         ds = ds.map_batches(stages.ScoreStage, fn_constructor_args=(mllm, cfg.method, k, last), **_actor_args(cfg.score))
     if cfg.adapt.method != "none":  # strict windows of rows; AdaptStage cuts them into batches of B good images
+        from rayiqa.pipeline.adapt import AdaptStage, pack_rows  # torch: only for a job that adapts
+
         ds = ds.map_batches(pack_rows, batch_format="numpy")
         ds = ds.repartition(target_num_rows_per_block=cfg.adapt.stage.batch_size, strict=True)
         ds = ds.map_batches(AdaptStage, fn_constructor_args=(cfg.adapt, cfg.mllms, cfg.method), **_actor_args(cfg.adapt.stage))
@@ -152,7 +156,7 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
     ensure_ray(cfg.ray, cpus_needed(cfg))
     configure_io_retries()
     ctx = ray.data.DataContext.get_current()
-    previous = ctx.checkpoint_config
+    previous = ctx.checkpoint_config, ctx.use_datasource_v2
     try:
         return _run_score(cfg)
     except Exception as exc:  # fault tolerance (issue 8): name the storage failure, not a Ray trace
@@ -160,8 +164,8 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
         if err is None:
             raise
         raise err from exc
-    finally:  # the DataContext is per process: later Ray Data jobs here must not inherit this run's resume ids
-        ctx.checkpoint_config = previous
+    finally:  # the DataContext is per process: later Ray Data jobs here must not inherit this run's settings
+        ctx.checkpoint_config, ctx.use_datasource_v2 = previous
 
 
 def _run_score(cfg: ScoreConfig) -> RunSummary:

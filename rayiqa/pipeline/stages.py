@@ -15,13 +15,16 @@ import pyarrow as pa
 
 from rayiqa.config import InputConfig, LLMIQAConfig, MLLMConfig, SegmenterConfig
 from rayiqa.methods import llm_iqa
-from rayiqa.pipeline.adapt import TTA_COLUMNS, tta_value
 
 log = logging.getLogger(__name__)
 
 EMPTY_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
 NO_BOXES = np.zeros((0, 4), dtype=np.int32)
 
+TTA_COLUMNS = (  # written by rayiqa.pipeline.adapt, null when the job does not adapt
+    "tta_score", "tta_base_score", "tta_ranker_score", "tta_cluster", "tta_final_loss",
+    "tta_batch", "tta_method", "tta_note",
+)
 # The output Parquet schema: one row per input file. Lists indexed [model] or [model][crop].
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -52,6 +55,18 @@ OUTPUT_SCHEMA = pa.schema(
         ("tta_note", pa.string()),  # e.g. a short batch whose base scores were kept
     ]
 )
+
+
+def missing_as_none(value: object) -> object:
+    """None for None / NaN scalars (how Ray Data returns an all-null column), numpy scalars as Python values."""
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def tta_value(batch: dict, col: str, i: int) -> object:
+    """Row i's value of a TTA column for the output: None when the stage did not run or left it empty."""
+    return missing_as_none(batch[col][i]) if col in batch else None
 
 
 def _ok(batch: dict, i: int) -> bool:

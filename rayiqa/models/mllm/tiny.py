@@ -13,17 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
 from filelock import FileLock
-from tokenizers import pre_tokenizers, trainers
-from transformers import (
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2Tokenizer,
-    Qwen2VLImageProcessor,
-    Qwen2VLVideoProcessor,
-)
+
+if TYPE_CHECKING:  # imported where used: a driver that only looks the cached folder up skips torch/transformers
+    from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer
 
 TINY_NAME = "qwen2_5_vl-tiny-v2"  # bump when anything below changes: the cache folder is keyed on it
 SEED = 0
@@ -100,6 +95,9 @@ def _corpus() -> list[str]:
 
 def build_tiny_tokenizer() -> Qwen2Tokenizer:
     """Train a ~600-token byte-level BPE with Qwen2's normaliser/pre-tokenizer and wrap it as Qwen's."""
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
     shell = Qwen2Tokenizer()  # Qwen2's NFC normaliser, digit-splitting pre-tokenizer, empty BPE
     backend = shell.backend_tokenizer
     trainer = trainers.BpeTrainer(
@@ -123,6 +121,8 @@ def build_tiny_tokenizer() -> Qwen2Tokenizer:
 
 
 def _tiny_config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
+    from transformers import Qwen2_5_VLConfig
+
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = dict(
         vocab_size=len(tokenizer),
@@ -163,6 +163,9 @@ def _tiny_config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
 
 def build_tiny_qwen_checkpoint(path: str | Path, seed: int = SEED) -> Path:
     """Write a complete tiny Qwen2.5-VL checkpoint folder at `path` (same seed -> same files)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
     path = Path(path)
     tokenizer = build_tiny_tokenizer()
     processor = Qwen2_5_VLProcessor(
