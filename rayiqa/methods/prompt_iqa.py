@@ -8,6 +8,7 @@ and one RS/RF draw per batch transforms prompts and ground truths consistently.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -85,12 +86,19 @@ def in_batch_prompt_index(batch_size: int) -> Tensor:
     return full[keep].view(batch_size, batch_size - 1)
 
 
+def in_batch_predictions_from_features(model: PromptIQA, features: Tensor, scores: Tensor) -> Tensor:
+    """In-batch prompting on encoded images V(I) (B, dim): each scored with the other B-1 pairs as ISPP.
+
+    Also trains the prompt path alone on cached features of a frozen encoder.
+    """
+    prompts = model.prompt_features(features, scores)
+    ispp = prompts[in_batch_prompt_index(features.shape[0]).to(prompts.device)]  # (B, B-1, dim)
+    return model.predict(features, model.assessment_prompt(ispp))
+
+
 def in_batch_predictions(model: PromptIQA, images: Tensor, scores: Tensor) -> Tensor:
     """Each image scored with the other B-1 image-score pairs of its batch as ISPP; one encoder pass."""
-    features = model.encode(images)
-    prompts = model.prompt_features(features, scores)
-    ispp = prompts[in_batch_prompt_index(images.shape[0]).to(prompts.device)]  # (B, B-1, dim)
-    return model.predict(features, model.assessment_prompt(ispp))
+    return in_batch_predictions_from_features(model, model.encode(images), scores)
 
 
 class InBatchPromptIQA(nn.Module):
@@ -105,7 +113,7 @@ class InBatchPromptIQA(nn.Module):
 
 
 def in_batch_loss(
-    predictor: nn.Module,
+    predictor: Callable[[Tensor, Tensor], Tensor],
     images: Tensor,
     scores: Tensor,
     rng: np.random.Generator,
@@ -114,7 +122,8 @@ def in_batch_loss(
     alpha: float = 1.0,
     scaling: ScalingVariant = "paper",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """L1 loss of one in-batch episode after RS/RF; `predictor` is an InBatchPromptIQA (or its DDP wrapper).
+    """L1 loss of one in-batch episode after RS/RF; `predictor` is an InBatchPromptIQA (or its DDP wrapper),
+    or in_batch_predictions_from_features bound to a model, with cached features in place of `images`.
 
     Returns (loss, predictions, augmented targets).
     """

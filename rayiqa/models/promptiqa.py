@@ -51,9 +51,14 @@ class PromptIQA(nn.Module):
         self.prompt_fc = nn.Linear(cfg.dim, cfg.dim)
         self.ispp_fusion = _blocks(cfg, cfg.ispp_depth)
         self.ip_fusion = _blocks(cfg, cfg.fusion_depth)
+        self.norm = nn.LayerNorm(cfg.dim)  # the reference code's final norm after the fusion blocks
         self.regressor = nn.Sequential(
             nn.Linear(cfg.dim, cfg.dim // 2), nn.ReLU(), nn.Linear(cfg.dim // 2, 1), nn.Sigmoid()
         )
+
+    def regress(self, tokens: Tensor) -> Tensor:
+        """R(norm(x)): (B, dim) -> (B,) scores in [0, 1]."""
+        return self.regressor(self.norm(tokens)).squeeze(-1)
 
     def encode(self, images: Tensor) -> Tensor:
         """V(I): (B, 3, H, W) RGB in [0, 1] -> (B, dim)."""
@@ -80,11 +85,11 @@ class PromptIQA(nn.Module):
         return self.assessment_prompt(prompts.unsqueeze(0)).squeeze(0)
 
     def predict(self, features: Tensor, assessment_prompt: Tensor) -> Tensor:
-        """R(FM_IP(V(I), F_AP))[first token]: features (B, dim), F_AP (B, k, dim) or (k, dim) -> (B,) in [0, 1]."""
+        """R(norm(FM_IP(V(I), F_AP)[first token])): features (B, dim), F_AP (B, k, dim) or (k, dim) -> (B,) in [0, 1]."""
         if assessment_prompt.dim() == 2:
             assessment_prompt = assessment_prompt.unsqueeze(0).expand(features.shape[0], -1, -1)
         fused = self.ip_fusion(torch.cat([features.unsqueeze(1), assessment_prompt], dim=1))
-        return self.regressor(fused[:, 0]).squeeze(-1)
+        return self.regress(fused[:, 0])
 
     def forward(self, images: Tensor, ispp_images: Tensor, ispp_scores: Tensor) -> Tensor:
         """Scores of `images` (B, 3, H, W) under one ISPP (k, 3, H, W) with scores (k,)."""
@@ -92,14 +97,14 @@ class PromptIQA(nn.Module):
 
 
 class PlainRegressor(nn.Module):
-    """The paper's 'w/o prompt' variant (Tab. 6): the same encoder and regressor, no ISPP: S = R(V(I))."""
+    """The paper's 'w/o prompt' variant (Tab. 6): the same encoder, norm and regressor, no ISPP: S = R(V(I))."""
 
     def __init__(self, cfg: PromptIQAModelConfig) -> None:
         super().__init__()
         self.body = PromptIQA(cfg)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.body.regressor(self.body.encode(images)).squeeze(-1)
+        return self.body.regress(self.body.encode(images))
 
 
 def _state_dict(obj: object, path: str) -> dict[str, Tensor]:
