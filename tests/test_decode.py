@@ -122,3 +122,15 @@ def _png(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_resize_batch_is_antialiased_and_channel_first():
+    from rayiqa.io.decode import resize_batch
+
+    board = (np.indices((32, 32)).sum(axis=0) % 2 * 255).astype(np.uint8)  # 1-pixel checkerboard
+    red = np.zeros((5, 7, 3), np.uint8)
+    red[..., 0] = 255
+    out = resize_batch([np.stack([board] * 3, axis=-1), red], 8)
+    assert out.shape == (2, 3, 8, 8) and out.dtype == np.float32
+    assert np.allclose(out[0], 0.5, atol=0.02)  # averaged, not sampled: point sampling gives 0 or 1
+    assert np.allclose(out[1, 0], 1.0) and np.allclose(out[1, 1:], 0.0)

@@ -100,3 +100,12 @@ def decode_image(data: bytes, max_pixels: int) -> DecodeResult:
         except Exception as e:  # e.g. a mode with no RGB conversion (LAB) or an unreadable EXIF block
             return _failure("unsupported", f"mode {im.mode}: {_describe(e)}", size, fmt)
     return DecodeResult(image=rgb, width=rgb.shape[1], height=rgb.shape[0], format=fmt)
+
+
+def resize_batch(images: list[np.ndarray], size: int) -> np.ndarray:
+    """RGB uint8 images (H, W, 3), any sizes -> (N, 3, size, size) float32 in [0, 1]: PIL's bilinear, which
+    widens its filter when shrinking (antialiased). The one resize of the trained models' inputs, torch-free
+    so that Ray Data loader tasks stay light."""
+    resample = Image.Resampling.BILINEAR
+    out = np.stack([np.asarray(Image.fromarray(im).resize((size, size), resample)) for im in images])
+    return out.transpose(0, 3, 1, 2).astype(np.float32) / 255.0

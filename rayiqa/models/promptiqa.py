@@ -16,6 +16,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from rayiqa.config.promptiqa import PromptIQAModelConfig
+from rayiqa.io.decode import resize_batch
 
 TINY_ENCODER = dict(model_name="resnet10t", channels=(8, 16, 32, 64), stem_width=4)
 
@@ -142,11 +143,4 @@ def create_promptiqa(cfg: PromptIQAModelConfig) -> PromptIQA:
 
 def to_batch(images: list[np.ndarray], size: int) -> Tensor:
     """Decoded RGB uint8 images (H, W, 3), any sizes -> one (N, 3, size, size) float batch in [0, 1]."""
-    resized = [
-        nn.functional.interpolate(
-            torch.tensor(im).permute(2, 0, 1)[None].float() / 255.0,
-            size=(size, size), mode="bilinear", antialias=True,
-        )
-        for im in images
-    ]
-    return torch.cat(resized)
+    return torch.from_numpy(resize_batch(images, size))

@@ -26,31 +26,15 @@ from rayiqa.config.promptiqa import DatasetSpec, PromptIQATrainConfig
 from rayiqa.data import DatasetError, load_dataset, make_synthetic_set, normalize_split, split_rows
 from rayiqa.data.rows import IQARow
 from rayiqa.data.splits import Split
-from rayiqa.io.decode import decode_image
 from rayiqa.io.fs import resolve_fs, split_uri
 from rayiqa.io.samples import SAMPLES_URI, samples_dir
-from rayiqa.io.sources import read_bytes
 from rayiqa.methods.metrics import plcc, srcc
 from rayiqa.methods.prompt_iqa import InBatchPromptIQA, in_batch_loss, sample_ispp, score_with_ispp
-from rayiqa.models.promptiqa import PromptIQA, to_batch
+from rayiqa.models.promptiqa import PromptIQA
 from rayiqa.pipeline.runtime import ensure_ray
+from rayiqa.train.episodes import load_episode, load_images
 
 log = logging.getLogger(__name__)
-MAX_IMAGE_BYTES = 100_000_000
-MAX_IMAGE_PIXELS = 64_000_000
-
-
-def load_images(uris: list[str], storage: StorageConfig, size: int) -> torch.Tensor:
-    """Read and decode training images (local or s3://) into a (N, 3, size, size) batch; a bad file names itself."""
-    decoded = []
-    for uri in uris:
-        fs, path = resolve_fs(uri, storage)
-        data, _, message = read_bytes(uri, fs, path, MAX_IMAGE_BYTES)
-        result = decode_image(data, MAX_IMAGE_PIXELS) if data is not None else None
-        if result is None or not result.ok:
-            raise DatasetError(f"training image {uri}: {message or result.error}")
-        decoded.append(result.image)
-    return to_batch(decoded, size)
 
 
 def prepare_synthetic(cfg: PromptIQATrainConfig) -> None:
@@ -113,16 +97,12 @@ def validate(model: PromptIQA, sets: dict[str, dict[str, list]], storage: Storag
     metrics = {}
     for key, s in sets.items():
         pred = score_with_ispp(
-            model, load_images(s["images"], storage, size), load_images(s["ispp_images"], storage, size),
+            model, torch.from_numpy(load_images(s["images"], storage, size)),
+            torch.from_numpy(load_images(s["ispp_images"], storage, size)),
             torch.tensor(s["ispp_scores"]),
         ).numpy()
         metrics[f"val/{key}/srcc"], metrics[f"val/{key}/plcc"] = srcc(pred, s["scores"]), plcc(pred, s["scores"])
     return metrics
-
-
-def _load_episode(row: dict[str, Any], storage: dict, size: int) -> dict[str, Any]:
-    pixels = load_images(list(row["images"]), StorageConfig(**storage), size).numpy()
-    return {"dataset": row["dataset"], "pixels": pixels, "scores": np.asarray(row["scores"], dtype=np.float32)}
 
 
 def _restore(model: PromptIQA, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, int]:
@@ -211,7 +191,7 @@ def train_promptiqa(cfg: PromptIQATrainConfig) -> ray.train.Result:
     splits = load_splits(cfg)
     episodes = make_episodes(splits, cfg.batch_size, cfg.seed)
     train = ray.data.from_items(episodes).map(
-        _load_episode, fn_kwargs={"storage": cfg.storage.model_dump(), "size": cfg.model.image_size},
+        load_episode, fn_kwargs={"storage": cfg.storage.model_dump(), "size": cfg.model.image_size},
         num_cpus=cfg.loader_cpus,
     )
     trainer = TorchTrainer(
