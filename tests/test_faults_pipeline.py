@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import botocore.session
@@ -76,24 +77,29 @@ def _wait_for(predicate, what: str, until_s: float = WAIT_S):
     raise TimeoutError(f"waited {until_s}s for {what}")
 
 
-class Background(threading.Thread):
-    """Runs `fn` beside the job; its result or exception is re-raised in the test by `result()`."""
+@contextmanager
+def beside_the_job(fault):
+    """Runs `fault(job_done)` in a thread while the block runs the job, then sets `job_done`; yields the
+    dict that `fault`'s result is merged into once the block ends (its exception is re-raised here)."""
+    job_done, out, errors = threading.Event(), {}, []
 
-    def __init__(self, fn):
-        super().__init__(daemon=True)
-        self.fn, self.value, self.error = fn, None, None
-
-    def run(self) -> None:
+    def run() -> None:
         try:
-            self.value = self.fn()
-        except BaseException as exc:  # surfaced by result()
-            self.error = exc
+            out.update(fault(job_done))
+        except BaseException as exc:  # surfaced below, in the test's thread
+            errors.append(exc)
 
-    def result(self):
-        self.join(timeout=WAIT_S)
-        if self.error is not None:
-            raise self.error
-        return self.value
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    result: dict = {}
+    try:
+        yield result
+    finally:
+        job_done.set()
+    thread.join(timeout=WAIT_S)
+    if errors:
+        raise errors[0]
+    result.update(out)
 
 
 # ---- 1. a scorer actor killed mid-run -----------------------------------------------------------
@@ -129,9 +135,8 @@ def test_killed_scorer_actor_is_replaced_and_each_input_lands_once(ray_local, tm
     cfg = _cfg(str(tmp_path / "out"), "input.limit=16")
     inputs = list_inputs(cfg.input)
     local, out = pafs.LocalFileSystem(), str(tmp_path / "out")
-    job_done = threading.Event()
 
-    def kill_scorer() -> dict:
+    def kill_scorer(job_done: threading.Event) -> dict:
         # After the first committed part the scorer actor is initialised and the run is under way.
         _wait_for(lambda: _committed_rows(local, out), "a first committed part")
         pid = _wait_for(_scorer_pids, "a live scorer process")[0]
@@ -140,13 +145,8 @@ def test_killed_scorer_actor_is_replaced_and_each_input_lands_once(ray_local, tm
         seen["replacements"] = _wait_for(lambda: [p for p in _scorer_pids() if p != pid] or job_done.is_set(), "a new scorer")
         return seen
 
-    killer = Background(kill_scorer)
-    killer.start()
-    try:
+    with beside_the_job(kill_scorer) as killed:
         summary = run_score(cfg)
-    finally:
-        job_done.set()
-    killed = killer.result()
     assert not killed["job_done"] and 0 < killed["committed"] < len(inputs)  # killed mid-run
     assert isinstance(killed["replacements"], list) and killed["pid"] not in killed["replacements"]  # a new scorer
     _assert_each_input_once(pads.dataset(out, format="parquet").to_table().to_pylist(), inputs)
@@ -271,10 +271,11 @@ def _s3_cfg(moto, prefix: str, *extra: str) -> ScoreConfig:
     return _cfg(f"s3://{BUCKET}/{prefix}", "input.limit=16", *storage, *extra)
 
 
-def _stop_store_after_first_commit(moto, cfg: ScoreConfig, job_done: threading.Event, outage_s: float | None):
+def _stop_store_after_first_commit(moto, cfg: ScoreConfig, outage_s: float | None):
+    """A fault for `beside_the_job`: the store goes down after the first committed part, for `outage_s` (None: for good)."""
     fs, path = resolve_fs(cfg.output.uri, cfg.output.storage)
 
-    def outage() -> dict:
+    def outage(job_done: threading.Event) -> dict:
         _wait_for(lambda: _committed_rows(fs, path), "a first committed part")
         seen = {"committed": _committed_rows(fs, path), "job_done": job_done.is_set()}
         moto.stop()
@@ -283,7 +284,7 @@ def _stop_store_after_first_commit(moto, cfg: ScoreConfig, job_done: threading.E
             moto.restart()
         return seen
 
-    return Background(outage)
+    return outage
 
 
 def _s3_rows(cfg: ScoreConfig) -> list[dict]:
@@ -295,14 +296,8 @@ def test_object_store_outage_is_retried_with_backoff(ray_local, moto_s3):
     """The store goes away for 4 s mid-run; the SDK's retries with backoff ride it out."""
     cfg = _s3_cfg(moto_s3, "transient")
     inputs = list_inputs(cfg.input)
-    done = threading.Event()
-    outage = _stop_store_after_first_commit(moto_s3, cfg, done, outage_s=4)
-    outage.start()
-    try:
+    with beside_the_job(_stop_store_after_first_commit(moto_s3, cfg, outage_s=4)) as seen:
         summary = run_score(cfg)
-    finally:
-        done.set()
-    seen = outage.result()
     assert not seen["job_done"] and 0 < seen["committed"] < len(inputs)  # the outage hit a running job
     _assert_each_input_once(_s3_rows(cfg), inputs)
     assert summary.rows == summary.unique_paths == summary.new_rows == len(inputs)
@@ -313,15 +308,9 @@ def test_dead_object_store_fails_clearly_and_keeps_what_was_written(ray_local, m
     same run resumed once the store is back scores the remainder only."""
     cfg = _s3_cfg(moto_s3, "permanent", "output.storage.retry_attempts=2")
     inputs = list_inputs(cfg.input)
-    done = threading.Event()
-    outage = _stop_store_after_first_commit(moto_s3, cfg, done, outage_s=None)
-    outage.start()
-    try:
-        with pytest.raises(StorageError) as failed:
-            run_score(cfg)
-    finally:
-        done.set()
-    seen = outage.result()
+    with beside_the_job(_stop_store_after_first_commit(moto_s3, cfg, outage_s=None)) as seen, \
+            pytest.raises(StorageError) as failed:
+        run_score(cfg)
     assert not seen["job_done"] and 0 < seen["committed"] < len(inputs)
     message = str(failed.value)
     assert "AWS Error NETWORK_CONNECTION" in message and "output.storage.retry_attempts=2" in message
