@@ -18,7 +18,13 @@ def ray_local():
 
     if not ray.is_initialized():
         # Workers can import test helper modules (stand-ins passed into pipelines) from tests/.
-        env = {"PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")])),
+               # Ray Train's preemption watcher (one more actor per worker group) watches nodes for spot
+               # preemption notices; a one-node local Ray has none to watch
+               "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+               # Ray Train's controller polls its workers every 2 s; the tests' runs last seconds, so poll
+               # at 0.5 s to notice a finished or killed worker group sooner
+               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()

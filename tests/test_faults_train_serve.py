@@ -76,6 +76,7 @@ def test_train_worker_killed_mid_run_resumes_from_last_checkpoint(ray_local, pri
         # 4 refs -> 3 train refs x 2 types x 3 levels = 18 images per dataset -> 3 episodes of 6; 2 datasets
         # -> 6 episodes, 3 per worker: an epoch is 3 optimiser steps, the run EPOCHS x 3
         "batch_size=6", "ispp_size=4", f"epochs={EPOCHS}", "optim.lr=1e-3", "max_failures=1",
+        "loader_tasks=1",  # six tiny episodes: one loader process, not six starting at once on 2 cores
         f"storage_path={tmp_path / 'runs'}", "name=faults",
         "model.image_size=32", "model.dim=16", "model.prompt_depth=1", "model.ispp_depth=1", "model.fusion_depth=2",
     ])
@@ -122,7 +123,7 @@ def running_replicas(app: str, deployment: str) -> int:
     return int(serve.status().applications[app].deployments[deployment].replica_states.get("RUNNING", 0))
 
 
-REQUESTS, CONCURRENCY, KILL_AFTER = 60, 8, 12  # the kill comes once KILL_AFTER requests have answered
+REQUESTS, CONCURRENCY, KILL_AFTER = 36, 8, 12  # the kill comes once KILL_AFTER requests have answered
 BATCH_WAIT_S = 0.5  # @serve.batch window of the llm-iqa replicas
 
 

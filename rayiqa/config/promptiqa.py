@@ -93,6 +93,7 @@ class PromptIQATrainConfig(Section):
     cpus_per_worker: float = Field(default=0.5, gt=0)
     use_gpu: bool = False
     loader_cpus: float = Field(default=0.5, gt=0)  # CPUs per Ray Data task that reads and decodes episodes
+    loader_tasks: int | None = Field(default=None, gt=0)  # most loader tasks at once (None: as many as CPUs allow)
     storage_path: str = "out/promptiqa/runs"  # local folder or s3:// prefix for checkpoints and results
     name: str = "promptiqa"  # run name; a rerun with the same storage_path + name resumes from its latest checkpoint
     storage: StorageConfig = Field(default_factory=StorageConfig)

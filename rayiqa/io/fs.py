@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow.fs as pafs
-import s3fs
 
 from rayiqa.config import StorageConfig
 
@@ -122,6 +121,8 @@ def resolve_fsspec(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFil
     if scheme != "s3":
         return fsspec.filesystem("file"), path
     opts = s3_options(storage)
+    import s3fs  # here, not at the top: only S3 listings need it (0.6 s per fresh Ray worker)
+
     fs = s3fs.S3FileSystem(
         key=opts.key,
         secret=opts.secret,

@@ -192,7 +192,7 @@ def train_promptiqa(cfg: PromptIQATrainConfig) -> ray.train.Result:
     episodes = make_episodes(splits, cfg.batch_size, cfg.seed)
     train = ray.data.from_items(episodes).map(
         load_episode, fn_kwargs={"storage": cfg.storage.model_dump(), "size": cfg.model.image_size},
-        num_cpus=cfg.loader_cpus,
+        num_cpus=cfg.loader_cpus, compute=ray.data.TaskPoolStrategy(size=cfg.loader_tasks),
     )
     trainer = TorchTrainer(
         train_loop,
