@@ -136,8 +136,9 @@ def test_job_adapts_every_good_image_in_batches_of_8_and_keeps_error_rows(ray_lo
         assert r["error_kind"] == kind and r["tta_score"] is None and r["tta_batch"] is None
     good = [by_name[n] for n in names]
     assert all(r["tta_score"] is not None and r["tta_method"] == "llm-tta" for r in good)
-    # the job's own LLM-IQA score (whole image only here: s = s_global)
+    # the job's own LLM-IQA score (whole image only here: s = s_global), ranked on and written unchanged
     assert all(r["tta_ranker_score"] == pytest.approx(r["global_score"]) for r in good)
+    assert all(r["local_score"] is None and r["score"] == pytest.approx(r["global_score"]) for r in good)
     groups: dict[str, list[dict]] = {}
     for r in good:
         groups.setdefault(r["tta_batch"], []).append(r)

@@ -1,5 +1,5 @@
-"""Fault tolerance of the scoring job on a real local Ray (issue 8): a scorer actor killed mid-run,
-the driver killed mid-run and the command run again, a model that raises on one image, and an
+"""Fault tolerance of the scoring job on a real local Ray (issue 8): a scorer or adapter actor killed
+mid-run, the driver killed mid-run and the command run again, a model that raises on one image, and an
 object store (moto) that goes away for a few seconds or for good. Every run must end with each
 input exactly once in the output.
 """
@@ -102,7 +102,7 @@ def beside_the_job(fault):
     result.update(out)
 
 
-# ---- 1. a scorer actor killed mid-run -----------------------------------------------------------
+# ---- 1. a scorer or adapter actor killed mid-run -----------------------------------------------------------
 
 
 def _ancestors(pid: int, depth: int = 4) -> list[int]:
@@ -116,9 +116,9 @@ def _ancestors(pid: int, depth: int = 4) -> list[int]:
     return out
 
 
-def _scorer_pids() -> list[int]:
-    """Live scorer actor processes of the Ray that this test process started (driver -> raylet ->
-    worker), by the title Ray gives an actor pool's worker: `ray::MapWorker(...MapBatches(ScoreStage))`.
+def _stage_pids(stage: str) -> list[int]:
+    """Live actor processes of pool `stage` in the Ray that this test process started (driver -> raylet
+    -> worker), by the title Ray gives an actor pool's worker: `ray::MapWorker(...MapBatches(<stage>)...)`.
     (`ray.util.state.list_actors` needs the dashboard, which the session's local Ray runs without.)"""
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
@@ -126,31 +126,41 @@ def _scorer_pids() -> list[int]:
             title = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if title.startswith("ray::MapWorker(") and "MapBatches(ScoreStage)" in title and os.getpid() in _ancestors(int(proc.name)):
+        if title.startswith("ray::MapWorker(") and f"MapBatches({stage})" in title and os.getpid() in _ancestors(int(proc.name)):
             pids.append(int(proc.name))
     return pids
 
 
-def test_killed_scorer_actor_is_replaced_and_each_input_lands_once(ray_local, tmp_path):
-    cfg = _cfg(str(tmp_path / "out"), "input.limit=16")
+# The adapter pool: LLM-TTA on windows of 4 rows (4 adaptation batches of B=4 over the 16 inputs).
+ADAPT = ["adapt.method=llm-tta", "adapt.image_size=64", "adapt.iterations=3", "adapt.batch=4", "adapt.stage.batch_size=4"]
+
+
+@pytest.mark.parametrize("stage, extra", [("ScoreStage", []), ("AdaptStage", ADAPT)], ids=["scorer", "adapter"])
+def test_killed_actor_is_replaced_and_each_input_lands_once(ray_local, tmp_path, stage, extra):
+    cfg = _cfg(str(tmp_path / "out"), "input.limit=16", *extra)
     inputs = list_inputs(cfg.input)
     local, out = pafs.LocalFileSystem(), str(tmp_path / "out")
 
-    def kill_scorer(job_done: threading.Event) -> dict:
-        # After the first committed part the scorer actor is initialised and the run is under way.
+    def kill_actor(job_done: threading.Event) -> dict:
+        # After the first committed part the pool's actor is initialised and the run is under way.
         _wait_for(lambda: _committed_rows(local, out), "a first committed part")
-        pid = _wait_for(_scorer_pids, "a live scorer process")[0]
+        pid = _wait_for(lambda: _stage_pids(stage), f"a live {stage} process")[0]
         seen = {"pid": pid, "committed": _committed_rows(local, out), "job_done": job_done.is_set()}
         os.kill(pid, signal.SIGKILL)
-        seen["replacements"] = _wait_for(lambda: [p for p in _scorer_pids() if p != pid] or job_done.is_set(), "a new scorer")
+        seen["replacements"] = _wait_for(lambda: [p for p in _stage_pids(stage) if p != pid] or job_done.is_set(),
+                                         f"a new {stage} actor")
         return seen
 
-    with beside_the_job(kill_scorer) as killed:
+    with beside_the_job(kill_actor) as killed:
         summary = run_score(cfg)
     assert not killed["job_done"] and 0 < killed["committed"] < len(inputs)  # killed mid-run
-    assert isinstance(killed["replacements"], list) and killed["pid"] not in killed["replacements"]  # a new scorer
-    _assert_each_input_once(pads.dataset(out, format="parquet").to_table().to_pylist(), inputs)
+    assert isinstance(killed["replacements"], list) and killed["pid"] not in killed["replacements"]  # a new actor
+    rows = pads.dataset(out, format="parquet").to_table().to_pylist()
+    _assert_each_input_once(rows, inputs)
     assert summary.rows == summary.unique_paths == summary.scored == summary.new_rows == len(inputs)
+    if extra:  # every row went through an adaptation batch of B (a row lost with the actor would lack one)
+        assert all(r["tta_method"] == "llm-tta" and r["tta_note"] is None and math.isfinite(r["tta_score"]) for r in rows)
+        assert set(Counter(r["tta_batch"] for r in rows).values()) == {4}
 
 
 # ---- 2. the driver killed mid-run, then the same command again ----------------------------------
@@ -183,7 +193,7 @@ def test_driver_killed_mid_run_then_rerun_completes_the_rest(ray_local, tmp_path
             first.kill()
     committed = _committed_rows(local, str(out))
     assert not (out / "_manifest.json").exists() and 0 < committed < len(inputs)  # killed mid-run
-    assert _wait_for(lambda: not _scorer_pids(), "Ray to end the dead driver's job and its scorer", 60)
+    assert _wait_for(lambda: not _stage_pids("ScoreStage"), "Ray to end the dead driver's job and its scorer", 60)
     parts_before = {p.name for p in out.glob("*.parquet")}
 
     again = subprocess.run([RAYIQA, "score", str(config)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)

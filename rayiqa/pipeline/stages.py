@@ -258,11 +258,6 @@ def _set_model_columns(batch: dict, k: int, g_probs: list, c_probs: list, c_scor
     batch[f"local_score_m{k}"] = np.asarray(s_local, dtype=np.float64)
 
 
-def _number_or_none(x) -> float | None:
-    """A nullable float: NaN marks a missing value between stages (e.g. no local score)."""
-    return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
-
-
 def _mean_or_none(values: list) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -277,7 +272,7 @@ def finalize(batch: dict, model_ids: list[str], method: LLMIQAConfig) -> pa.Tabl
         ok = _ok(batch, i)
         areas = np.asarray(batch["areas"][i], dtype=np.int64)
         g = [float(batch[f"global_score_m{k}"][i]) for k in ks] if ok else []
-        loc = [_number_or_none(batch[f"local_score_m{k}"][i]) for k in ks] if ok else []
+        loc = [missing_as_none(batch[f"local_score_m{k}"][i]) for k in ks] if ok else []  # NaN: no local score
         s_k = [llm_iqa.mix_grained_score(gk, lk, method.lam) for gk, lk in zip(g, loc)]
         cols["path"].append(str(batch["path"][i]))
         cols["score"].append(llm_iqa.ensemble_score(s_k) if ok else None)
