@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import signal
 import socket
@@ -19,51 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from faults import TRAIN_WORKER_CLASS, KillAfterCheckpoint, actors
 from rayiqa.config import load_config
 from rayiqa.config.promptiqa import PromptIQATrainConfig
 
-TRAIN_WORKER_CLASS = "RayTrainWorker"  # Ray Train V2's worker actor class (ray 2.60)
-# written by Ray Train's controller each time it registers a reported checkpoint (ray.train.v2 internals)
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 EPOCHS = 4
 STEPS_PER_EPOCH = 3  # 6 episodes (see the overrides below) over 2 workers
-
-
-def actors(class_prefix: str, *, alive: bool) -> list[dict]:
-    """This session's actors whose class name starts with `class_prefix` (live ones, or all ever created).
-
-    Read from the GCS table (`ray._private.state.actors`, Ray's debugging view): `ray.util.state` needs
-    the dashboard, which the session's Ray runs without.
-    """
-    from ray._private.state import actors as actor_table
-
-    table = actor_table(actor_state_name="ALIVE" if alive else None).values()
-    return [a for a in table if a["ActorClassName"].startswith(class_prefix)]
-
-
-class KillAfterCheckpoint(threading.Thread):
-    """Waits until the run's controller has registered a checkpoint, then SIGKILLs one train worker."""
-
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(daemon=True)
-        self.run_dir = run_dir
-        self.stop = threading.Event()  # set when the run has ended
-        self.killed_pid: int | None = None
-        self.checkpointed_step: int | None = None  # the latest registered checkpoint's step at the kill
-
-    def run(self) -> None:
-        snapshot = self.run_dir / SNAPSHOT_FILE
-        while not self.stop.wait(0.05):
-            try:
-                state = json.loads(snapshot.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):  # no checkpoint yet, or caught mid-write
-                continue
-            workers = actors(TRAIN_WORKER_CLASS, alive=True)
-            if workers:
-                self.checkpointed_step = state["latest_checkpoint_result"]["metrics"]["step"]
-                self.killed_pid = workers[-1]["Pid"]
-                os.kill(self.killed_pid, signal.SIGKILL)
-                return
 
 
 def test_train_worker_killed_mid_run_resumes_from_last_checkpoint(ray_local, pristine, tmp_path):
@@ -81,13 +41,8 @@ def test_train_worker_killed_mid_run_resumes_from_last_checkpoint(ray_local, pri
         "model.image_size=32", "model.dim=16", "model.prompt_depth=1", "model.ispp_depth=1", "model.fusion_depth=2",
     ])
     workers_before = len(actors(TRAIN_WORKER_CLASS, alive=False))
-    killer = KillAfterCheckpoint(tmp_path / "runs" / "faults")
-    killer.start()
-    try:
+    with KillAfterCheckpoint(tmp_path / "runs" / "faults") as killer:
         result = train_promptiqa(cfg)
-    finally:
-        killer.stop.set()
-        killer.join()
 
     assert killer.killed_pid is not None, "no checkpoint was registered while workers were alive"
     assert result.error is None
@@ -98,8 +53,8 @@ def test_train_worker_killed_mid_run_resumes_from_last_checkpoint(ray_local, pri
     assert (state["epoch"], state["step"]) == (EPOCHS, EPOCHS * STEPS_PER_EPOCH)
     # the last attempt restarted from a checkpoint, not from step 0, and lost nothing checkpointed before the kill
     resumed = result.metrics["resumed_from_step"]
-    assert killer.checkpointed_step >= STEPS_PER_EPOCH
-    assert killer.checkpointed_step <= resumed < EPOCHS * STEPS_PER_EPOCH and resumed % STEPS_PER_EPOCH == 0
+    assert killer.checkpointed["step"] >= STEPS_PER_EPOCH
+    assert killer.checkpointed["step"] <= resumed < EPOCHS * STEPS_PER_EPOCH and resumed % STEPS_PER_EPOCH == 0
     # a second worker group replaced the first: 2 workers started, then 2 more after the failure
     assert len(actors(TRAIN_WORKER_CLASS, alive=False)) - workers_before == 4
     assert not any(a["Pid"] == killer.killed_pid for a in actors(TRAIN_WORKER_CLASS, alive=True))

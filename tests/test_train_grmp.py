@@ -1,5 +1,6 @@
-"""GRMP-IQA on Ray Train: meta-pretraining equals the single-process update for any worker count and
-resumes from its checkpoint; a QGR fine-tuning step equals a direct computation and records its angle."""
+"""GRMP-IQA on Ray Train: meta-pretraining equals the single-process update for any worker count,
+resumes from its checkpoint, and still equals it after a worker is SIGKILLed mid-run; a QGR
+fine-tuning step equals a direct computation and records its angle."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from faults import TRAIN_WORKER_CLASS, KillAfterCheckpoint, actors
 from rayiqa.config.grmp import GRMPFinetuneConfig, GRMPTrainConfig
 from rayiqa.data import load_dataset, make_synthetic_set, min_max_normalize, split_rows
 from rayiqa.io.samples import samples_dir
@@ -110,6 +112,26 @@ def test_meta_pretraining_two_workers_and_resume_equal_one_process(ray_local, sy
         for name in expected:
             torch.testing.assert_close(theta[name], expected[name], atol=1e-5, rtol=1e-4)
             assert (expected[name] - initial[name]).abs().max() > 1e-3  # θ really moved
+
+
+def test_worker_killed_mid_pretraining_resumes_and_ends_where_one_process_does(ray_local, synthetic_root, tmp_path) -> None:
+    epochs = 4
+    workers_before = len(actors(TRAIN_WORKER_CLASS, alive=False))
+    with KillAfterCheckpoint(tmp_path / "killed") as killer:
+        run = pretrain_grmp(pretrain_cfg(synthetic_root, tmp_path, "killed", workers=2, epochs=epochs))
+
+    assert killer.killed_pid is not None, "no checkpoint was registered while workers were alive"
+    # a second worker group replaced the first and went on from the checkpoint it was handed
+    assert len(actors(TRAIN_WORKER_CLASS, alive=False)) - workers_before == 4
+    resumed = run.history[-1]["resumed_from"]
+    assert killer.checkpointed["epoch"] <= resumed < epochs
+    assert [(h["epoch"], h["resumed_from"]) for h in run.history] == [
+        (e, 0 if e <= resumed else resumed) for e in range(1, epochs + 1)]
+    # every meta-update exactly once: the prompts equal Eqs. 4-6 run in this process
+    expected = direct_meta_theta(pretrain_cfg(synthetic_root, tmp_path, "direct", workers=1, epochs=epochs))
+    theta = theta_of(run.checkpoint)
+    for name in expected:
+        torch.testing.assert_close(theta[name], expected[name], atol=1e-5, rtol=1e-4)
 
 
 def test_held_out_types_must_exist(synthetic_root) -> None:
