@@ -91,9 +91,10 @@ def test_serve_replica_killed_under_load_is_replaced(ray_local):
     port, app = free_port(), "rayiqa-faults"
     cfg = load_config(ServeConfig, None, [
         f"app_name={app}", "http.host=127.0.0.1", f"http.port={port}", "ingress.num_cpus=0.1",
-        # each replica holds its requests for a batch window, so the kill finds requests in flight on it
+        # each replica holds its requests for a batch window, so the kill finds requests in flight on it;
+        # a health check each second: Serve notices the dead replica within 1 s (Ray's default: 10 s)
         "models={llm-iqa: {kind: llm-iqa, method: {segmentation: false}, deployment: {min_replicas: 2, "
-        "max_replicas: 2, max_ongoing_requests: 4, num_cpus: 0.25, max_batch_size: 8, "
+        "max_replicas: 2, max_ongoing_requests: 4, num_cpus: 0.25, max_batch_size: 8, health_check_period_s: 1, "
         f"batch_wait_timeout_s: {BATCH_WAIT_S}}}}}}}",
     ])
     replica_class = f"ServeReplica:{app}:model-llm-iqa"

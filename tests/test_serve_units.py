@@ -23,8 +23,9 @@ def test_shipped_config_loads_with_two_models():
 
 
 def test_deployment_options_map_onto_serve_keywords():
-    opts = DeploymentConfig(min_replicas=1, max_replicas=3, num_cpus=0.25, num_gpus=0.5, max_ongoing_requests=5).serve_options()
-    assert opts["max_ongoing_requests"] == 5
+    opts = DeploymentConfig(min_replicas=1, max_replicas=3, num_cpus=0.25, num_gpus=0.5, max_ongoing_requests=5,
+                            health_check_period_s=1.5).serve_options()
+    assert (opts["max_ongoing_requests"], opts["health_check_period_s"]) == (5, 1.5)
     assert opts["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.5}
     assert (opts["autoscaling_config"]["min_replicas"], opts["autoscaling_config"]["max_replicas"]) == (1, 3)
     assert DeploymentConfig(min_replicas=0).serve_options()["autoscaling_config"]["initial_replicas"] == 1

@@ -22,6 +22,8 @@ class DeploymentConfig(Section):
     num_gpus: float = Field(default=0.0, ge=0)
     max_batch_size: int = Field(default=8, ge=1)  # @serve.batch: images per model call
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    # Serve notices a dead replica at its next health check and only then starts a replacement
+    health_check_period_s: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "DeploymentConfig":
@@ -33,6 +35,7 @@ class DeploymentConfig(Section):
         """Keyword arguments for `Deployment.options(...)`."""
         return {
             "max_ongoing_requests": self.max_ongoing_requests,
+            "health_check_period_s": self.health_check_period_s,
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             "autoscaling_config": {
                 "min_replicas": self.min_replicas,
