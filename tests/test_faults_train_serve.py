@@ -22,7 +22,7 @@ from faults import TRAIN_WORKER_CLASS, KillAfterCheckpoint, actors
 from rayiqa.config import load_config
 from rayiqa.config.promptiqa import PromptIQATrainConfig
 
-EPOCHS = 4
+EPOCHS = 3
 STEPS_PER_EPOCH = 3  # 6 episodes (see the overrides below) over 2 workers
 
 
