@@ -115,7 +115,7 @@ def test_meta_pretraining_two_workers_and_resume_equal_one_process(ray_local, sy
 
 
 def test_worker_killed_mid_pretraining_resumes_and_ends_where_one_process_does(ray_local, synthetic_root, tmp_path) -> None:
-    epochs = 4
+    epochs = 3
     workers_before = len(actors(TRAIN_WORKER_CLASS, alive=False))
     with KillAfterCheckpoint(tmp_path / "killed") as killer:
         run = pretrain_grmp(pretrain_cfg(synthetic_root, tmp_path, "killed", workers=2, epochs=epochs))
