@@ -1,5 +1,5 @@
-"""Fault helpers shared by the Ray Train tests: this session's actors from Ray's GCS table, and a thread
-that SIGKILLs a train worker once the run's controller has registered a checkpoint."""
+"""Fault-test helpers: this session's actors from Ray's GCS table (train workers, Serve replicas), and
+a thread that SIGKILLs a Ray Train worker once the run's controller has registered a checkpoint."""
 from __future__ import annotations
 
 import json

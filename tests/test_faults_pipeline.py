@@ -102,7 +102,7 @@ def beside_the_job(fault):
     result.update(out)
 
 
-# ---- 1. a scorer or adapter actor killed mid-run -----------------------------------------------------------
+# ---- 1. a scorer or adapter actor killed mid-run ------------------------------------------------
 
 
 def _ancestors(pid: int, depth: int = 4) -> list[int]:
@@ -158,7 +158,7 @@ def test_killed_actor_is_replaced_and_each_input_lands_once(ray_local, tmp_path,
     rows = pads.dataset(out, format="parquet").to_table().to_pylist()
     _assert_each_input_once(rows, inputs)
     assert summary.rows == summary.unique_paths == summary.scored == summary.new_rows == len(inputs)
-    if extra:  # every row went through an adaptation batch of B (a row lost with the actor would lack one)
+    if stage == "AdaptStage":  # every row went through an adaptation batch of B (a row lost with the actor would lack one)
         assert all(r["tta_method"] == "llm-tta" and r["tta_note"] is None and math.isfinite(r["tta_score"]) for r in rows)
         assert set(Counter(r["tta_batch"] for r in rows).values()) == {4}
 
