@@ -56,34 +56,59 @@ def logistic_5(x: np.ndarray, b1: float, b2: float, b3: float, b4: float, b5: fl
 LOGISTICS: dict[int, Callable[..., np.ndarray]] = {4: logistic_4, 5: logistic_5}
 
 
-def _initial_params(x: np.ndarray, y: np.ndarray, form: LogisticForm) -> list[float]:
-    """Standard starting point (asymptotes at the MOS range, midpoint at mean(x)), oriented by the
-    sign of the rank correlation so that decreasing relations (e.g. distortion scores) fit too."""
+MIDPOINT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # of pred: where the starts put the logistic's midpoint b3
+SLOPE_DIVISORS = (4.0, 20.0)  # the starts' slope scale: std(pred) / divisor
+
+
+def _initial_params(x: np.ndarray, y: np.ndarray, form: LogisticForm) -> list[list[float]]:
+    """Starting points: the standard one first (asymptotes at the MOS range, midpoint at mean(x),
+    oriented by the sign of the rank correlation), then midpoints at quantiles of x, two slopes and
+    both orientations. On weak correlations the least-squares surface has several local optima and
+    a single start can stop in a worse one."""
     sign = 1.0 if stats.spearmanr(x, y).statistic >= 0 else -1.0
-    scale = float(np.std(x)) / 4.0
-    if form == 4:
-        hi, lo = (y.max(), y.min()) if sign > 0 else (y.min(), y.max())
-        return [float(hi), float(lo), float(np.mean(x)), scale]
-    return [sign * float(y.max() - y.min()), 1.0 / scale, float(np.mean(x)), 0.0, float(np.mean(y))]
+    std = float(np.std(x))
+    centres = [float(np.mean(x))] + [float(np.quantile(x, q)) for q in MIDPOINT_QUANTILES]
+    starts = []
+    for orient in (sign, -sign):
+        for centre in centres:
+            for divisor in SLOPE_DIVISORS:
+                scale = std / divisor
+                if form == 4:
+                    hi, lo = (y.max(), y.min()) if orient > 0 else (y.min(), y.max())
+                    starts.append([float(hi), float(lo), centre, scale])
+                else:
+                    starts.append([orient * float(y.max() - y.min()), 1.0 / scale, centre, 0.0, float(np.mean(y))])
+    return starts
 
 
 def fit_logistic(pred: np.ndarray, mos: np.ndarray, form: LogisticForm = 4) -> np.ndarray:
-    """Least-squares parameters of the 4- or 5-parameter logistic mapping pred onto mos.
+    """Least-squares parameters of the 4- or 5-parameter logistic mapping pred onto mos: the best
+    (lowest residual sum of squares) of the fits from every starting point of `_initial_params`.
 
-    Raises RuntimeError when curve_fit does not converge and ValueError for constant input.
+    Raises RuntimeError when no start converges and ValueError for constant input.
     """
     x, y = _pairs(pred, mos)
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         raise ValueError("a logistic fit needs pred and mos each with more than one distinct value")
+    f = LOGISTICS[form]
+    best, best_sse, failure = None, np.inf, None
     # "trf" rather than "lm": lm's finite-difference step is relative to |b|, so a parameter that
     # starts at ~0 (b3 = mean(x) on centred scores) gets a zero Jacobian column and never moves.
     # exp overflow saturates the logistic correctly; an inestimable covariance is irrelevant here.
     with np.errstate(over="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", optimize.OptimizeWarning)
-        params, _ = optimize.curve_fit(
-            LOGISTICS[form], x, y, p0=_initial_params(x, y, form), method="trf", max_nfev=20000
-        )
-    return params
+        for p0 in _initial_params(x, y, form):
+            try:
+                params, _ = optimize.curve_fit(f, x, y, p0=p0, method="trf", max_nfev=20000)
+            except RuntimeError as e:
+                failure = e
+                continue
+            sse = float(np.sum((f(x, *params) - y) ** 2))
+            if sse < best_sse:
+                best, best_sse = params, sse
+    if best is None:
+        raise RuntimeError(f"the logistic fit converged from no starting point: {failure}")
+    return best
 
 
 def evaluate(pred: np.ndarray, mos: np.ndarray, form: LogisticForm = 4) -> dict[str, float | int | str]:
