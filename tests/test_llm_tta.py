@@ -140,6 +140,40 @@ def test_eq3_tta_iqa_form_against_hand_values():
     assert group_contrastive_loss(H, L, TAU, "tta-iqa").item() == pytest.approx(expected, abs=1e-12)
 
 
+# k = 3: two positives per anchor, so a per-anchor mean over the wrong count shows. Vectors whose
+# normalised cosines are exact: h1=(1,0), h2=(3,4), h3=(4,3); l1=(0,1), l2=(-3,4), l3=(-1,0).
+H3 = torch.tensor([[1.0, 0.0], [3.0, 4.0], [4.0, 3.0]], dtype=torch.float64)
+L3 = torch.tensor([[0.0, 1.0], [-3.0, 4.0], [-1.0, 0.0]], dtype=torch.float64)
+SAME3 = {  # anchor: ([cosine to each other member of its cluster], [cosine to each member of the other cluster])
+    "h1": ([0.6, 0.8], [0.0, -0.6, -1.0]),
+    "h2": ([0.6, 0.96], [0.8, 0.28, -0.6]),
+    "h3": ([0.8, 0.96], [0.6, 0.0, -0.8]),
+    "l1": ([0.8, 0.0], [0.0, 0.8, 0.6]),
+    "l2": ([0.8, 0.6], [-0.6, 0.28, 0.0]),
+    "l3": ([0.0, 0.6], [-1.0, -0.6, -0.8]),
+}
+
+
+def test_eq3_paper_form_k3_against_hand_values():
+    # per anchor: the mean over its 2 positives of -log(e^{s_ij/τ} / Σ_{k in other cluster} e^{s_ik/τ}); mean of 6
+    per_anchor = []
+    for positives, others in SAME3.values():
+        denominator = sum(E(s) for s in others)
+        per_anchor.append(sum(-math.log(E(s) / denominator) for s in positives) / 2)
+    expected = sum(per_anchor) / 6
+    assert group_contrastive_loss(H3, L3, TAU, "paper").item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_eq3_tta_iqa_form_k3_against_hand_values():
+    # pos(i) = mean of its 2 positive cosines; -log( mean over 6 anchors of e^{pos/τ} / (e^{pos/τ} + N(i)) )
+    ratios = []
+    for positives, others in SAME3.values():
+        pos = sum(positives) / 2
+        ratios.append(E(pos) / (E(pos) + sum(E(s) for s in others)))
+    expected = -math.log(sum(ratios) / 6)
+    assert group_contrastive_loss(H3, L3, TAU, "tta-iqa").item() == pytest.approx(expected, abs=1e-12)
+
+
 @pytest.mark.parametrize("form", ["paper", "tta-iqa"])
 def test_eq3_invariants(form):
     g = torch.Generator().manual_seed(0)
