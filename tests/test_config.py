@@ -46,3 +46,18 @@ def test_unreadable_or_non_mapping_config(tmp_path):
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(ScoreConfig, p)
+
+
+def test_environment_references_expand_and_unset_ones_name_the_key(tmp_path, monkeypatch):
+    p = tmp_path / "c.yaml"
+    p.write_text("input:\n  uri: s3://${TEST_RAYIQA_BUCKET}/images\nmllms:\n  - preset: ${TEST_RAYIQA_MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}\n")
+    monkeypatch.setenv("TEST_RAYIQA_BUCKET", "b1")
+    monkeypatch.delenv("TEST_RAYIQA_MODEL", raising=False)
+    cfg = load_config(ScoreConfig, p, ["output.uri=s3://${TEST_RAYIQA_BUCKET}/scores"])
+    assert (cfg.input.uri, cfg.output.uri) == ("s3://b1/images", "s3://b1/scores")
+    assert cfg.mllms[0].preset == "Qwen/Qwen2.5-VL-7B-Instruct"  # the default after :-
+    monkeypatch.setenv("TEST_RAYIQA_MODEL", "org/model")
+    assert load_config(ScoreConfig, p).mllms[0].preset == "org/model"
+    monkeypatch.setenv("TEST_RAYIQA_BUCKET", "")
+    with pytest.raises(ConfigError, match=r"input\.uri: environment variable TEST_RAYIQA_BUCKET is not set"):
+        load_config(ScoreConfig, p)

@@ -1,6 +1,8 @@
 """Config plumbing: strict pydantic sections, dotted overrides, YAML loading with errors that name keys."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,28 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
+_ENV_REFERENCE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(node: Any, key: str = "") -> Any:
+    """`${NAME}` / `${NAME:-default}` in string values -> the environment's value, so one variable a
+    cluster manifest sets (a bucket, a model source) reaches every key that names it."""
+    if isinstance(node, dict):
+        return {k: expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_env(v, f"{key}.{i}") for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def value(ref: re.Match) -> str:
+        found = os.environ.get(ref[1]) or ref[2]
+        if found is None:
+            raise ConfigError(f"{key or '(top level)'}: environment variable {ref[1]} is not set (or empty)")
+        return found
+
+    return _ENV_REFERENCE.sub(value, node)
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
@@ -95,7 +119,7 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(model: type[BaseModel], path: str | Path | None = None, overrides: list[str] = ()) -> Any:
-    """Read YAML at `path` (None: all defaults), apply dotted overrides, validate into `model`."""
+    """Read YAML at `path` (None: all defaults), apply dotted overrides, expand `${ENV}`, validate into `model`."""
     raw: Any = {}
     if path is not None:
         try:
@@ -104,7 +128,7 @@ def load_config(model: type[BaseModel], path: str | Path | None = None, override
             raise ConfigError(f"cannot read config {path}: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"config {path} must be a mapping at the top level")
-    raw = _merge(raw, parse_overrides(list(overrides)))
+    raw = expand_env(_merge(raw, parse_overrides(list(overrides))))
     try:
         return model.model_validate(raw)
     except ValidationError as e:
