@@ -58,4 +58,4 @@ class KillAfterCheckpoint(threading.Thread):
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.join()
+        self.join(timeout=10)  # the loop checks `stop` every 0.05 s

@@ -108,36 +108,40 @@ def test_serve_replica_killed_under_load_is_replaced(ray_local):
 
         answered = threading.Semaphore(0)
 
-        def one(client: httpx.Client, i: int) -> tuple[float, float, int | str]:
-            """(sent, answered, status or 'timeout') of one score request."""
-            sent = time.monotonic()
+        def one(client: httpx.Client, i: int) -> tuple[float, float, int | str, str]:
+            """(sent, answered, status or 'timeout', Retry-After + body of a 503) of one score request;
+            no assertion here: a failing one in a pool thread would leave the waits below to time out."""
+            sent, detail = time.monotonic(), ""
             try:
                 r = client.post("/v1/score", json={"model": "llm-iqa", "images": [{"base64": png_b64(i)}]})
                 code: int | str = r.status_code
                 if code == 503:
-                    assert r.headers.get("retry-after") == "1" and "died" in r.text, r.text
+                    detail = f"{r.headers.get('retry-after')} {r.text}"
             except httpx.TimeoutException:
                 code = "timeout"
-            answered.release()
-            return sent, time.monotonic(), code
+            finally:
+                answered.release()
+            return sent, time.monotonic(), code, detail
 
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client, \
                 ThreadPoolExecutor(CONCURRENCY) as pool:
             futures = [pool.submit(one, client, i) for i in range(REQUESTS)]
-            for _ in range(KILL_AFTER):
-                answered.acquire()
+            for _ in range(KILL_AFTER):  # each request has the client's 60 s timeout
+                assert answered.acquire(timeout=120), "requests stopped being answered before the kill"
             # answers come in batches: kill mid-window, not just as the victim may have emptied its batch
             time.sleep(BATCH_WAIT_S / 2)
             killed_at = time.monotonic()
             os.kill(before[victim], signal.SIGKILL)
-            outcomes = [f.result() for f in futures]
+            outcomes = [f.result(timeout=300) for f in futures]
 
-        codes = [code for _, _, code in outcomes]
+        codes = [code for _, _, code, _ in outcomes]
+        # a request in flight on the killed replica fails fast with Retry-After 1
+        assert all(detail.startswith("1 ") and "died" in detail for *_, code, detail in outcomes if code == 503), outcomes
         assert "timeout" not in codes, codes  # no request hung
         assert set(codes) <= {200, 503}, codes  # no 4xx: the kill is not the client's fault
         assert 503 in codes, codes  # requests in flight on the killed replica failed fast, with Retry-After
-        assert all(code == 200 for _, done, code in outcomes if done < killed_at)
-        assert any(code == 200 for sent, _, code in outcomes if sent > killed_at), codes  # still serving after it
+        assert all(code == 200 for _, done, code, _ in outcomes if done < killed_at)
+        assert any(code == 200 for sent, _, code, _ in outcomes if sent > killed_at), codes  # still serving after it
 
         def replaced() -> bool:
             alive = {a["Name"] for a in actors(replica_class, alive=True)}

@@ -48,6 +48,9 @@ def test_train_writes_checkpoints_and_resumes(ray_local, pristine, tmp_path):
     assert changed
 
 
+RESULT_TIMEOUT_S = 120  # every wait on a Serve handle has a limit: a lost replica fails the test, never hangs it
+
+
 def _images(n, seed):
     return [np.random.default_rng([seed, i]).integers(0, 256, (24 + i, 20, 3), dtype=np.uint8) for i in range(n)]
 
@@ -64,26 +67,26 @@ def test_serve_deployment_requirements_and_scores(ray_local):
     try:
         ispp = _images(5, 1)
         scores = [0.1, 0.3, 0.5, 0.7, 0.9]
-        assert handle.register_requirement.remote("mos", ispp, scores).result() == {"name": "mos", "k": 5}
-        handle.register_requirement.remote("dmos", ispp, [1 - s for s in scores]).result()
-        assert handle.list_requirements.remote().result() == ["dmos", "mos"]
+        assert handle.register_requirement.remote("mos", ispp, scores).result(timeout_s=RESULT_TIMEOUT_S) == {"name": "mos", "k": 5}
+        handle.register_requirement.remote("dmos", ispp, [1 - s for s in scores]).result(timeout_s=RESULT_TIMEOUT_S)
+        assert handle.list_requirements.remote().result(timeout_s=RESULT_TIMEOUT_S) == ["dmos", "mos"]
 
         targets = _images(3, 2)
-        mos = handle.score.remote(targets, {"requirement": "mos"}).result()
-        dmos = handle.score.remote(targets, {"requirement": "dmos"}).result()
+        mos = handle.score.remote(targets, {"requirement": "mos"}).result(timeout_s=RESULT_TIMEOUT_S)
+        dmos = handle.score.remote(targets, {"requirement": "dmos"}).result(timeout_s=RESULT_TIMEOUT_S)
         assert len(mos) == 3 and all(0.0 < r["score"] < 1.0 for r in mos)
         assert mos[0]["evidence"] == {"requirement": "mos", "ispp_size": 5}
         assert any(abs(a["score"] - b["score"]) > 1e-6 for a, b in zip(mos, dmos))
-        again = handle.score.remote(targets[:1], {"requirement": "mos"}).result()
+        again = handle.score.remote(targets[:1], {"requirement": "mos"}).result(timeout_s=RESULT_TIMEOUT_S)
         assert again[0]["score"] == pytest.approx(mos[0]["score"], abs=1e-6)  # batched alone or with others: same
 
-        mixed = handle.score.remote([targets[0], np.zeros((4, 4), np.uint8)], {"requirement": "mos"}).result()
+        mixed = handle.score.remote([targets[0], np.zeros((4, 4), np.uint8)], {"requirement": "mos"}).result(timeout_s=RESULT_TIMEOUT_S)
         assert "score" in mixed[0] and "uint8 RGB" in mixed[1]["evidence"]["error"]
 
         with pytest.raises(UnknownRequirement):
-            handle.score.remote(targets, {"requirement": "nope"}).result()
+            handle.score.remote(targets, {"requirement": "nope"}).result(timeout_s=RESULT_TIMEOUT_S)
         with pytest.raises(ValueError, match="3 images but 2 scores"):
-            handle.register_requirement.remote("bad", ispp[:3], [0.1, 0.2]).result()
+            handle.register_requirement.remote("bad", ispp[:3], [0.1, 0.2]).result(timeout_s=RESULT_TIMEOUT_S)
     finally:
         serve.delete("promptiqa-test")
         ray_local.kill(ray_local.get_actor("test-promptiqa-store", namespace=STORE_NAMESPACE))
