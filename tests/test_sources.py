@@ -1,5 +1,10 @@
-"""list_inputs / read_bytes / resolve_fs on local folders, globs, list files and a moto S3 server."""
+"""list_inputs / read_bytes / resolve_fs on local folders, globs, list files and a moto S3 server;
+which store failures are an image's error row (permanent) and which raise (transient)."""
 from __future__ import annotations
+
+import http.server
+import socket
+import threading
 
 import botocore.session
 import pyarrow as pa
@@ -10,7 +15,8 @@ from moto.server import ThreadedMotoServer
 from rayiqa.config import InputConfig, StorageConfig
 from rayiqa.io.fs import resolve_fs, split_uri
 from rayiqa.io.samples import samples_dir
-from rayiqa.io.sources import list_inputs, read_bytes
+from rayiqa.io.errors import InputError, StoreUnavailable
+from rayiqa.io.sources import list_inputs, read_bytes, read_decoded
 
 KEY, SECRET, BUCKET = "testing-key", "testing-secret", "images"
 S3_OBJECTS = {  # key -> bytes
@@ -159,3 +165,92 @@ def test_s3_options_come_from_the_environment(moto_endpoint, monkeypatch):
     assert list_inputs(cfg) == ["s3://images/other/e.jpg"]
     fs, path = resolve_fs("s3://images/other/e.jpg", cfg.storage)
     assert read_bytes("e", fs, path, 100) == (b"jpeg-e", None, None)
+
+
+@pytest.mark.parametrize("uri", ["builtin:sample", "s3://"])
+def test_bad_input_uris_are_input_errors(uri):
+    with pytest.raises(InputError, match=r"^input\.uri="):
+        list_inputs(InputConfig(uri=uri))
+
+
+# ---- permanent vs transient store failures ---------------------------------------------------------
+
+
+@pytest.fixture
+def status_store():
+    """An S3 endpoint on 127.0.0.1 that answers every request with `status_store.status`."""
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            self.send_response(Store.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _reply
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    class Store:
+        status = 200
+        storage = StorageConfig(endpoint_url=f"http://127.0.0.1:{server.server_address[1]}", key=KEY, secret=SECRET,
+                                region="us-east-1", retry_attempts=2)
+
+    yield Store
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_access_denied_and_not_found_are_error_rows(status_store, status):
+    status_store.status = status
+    fs, path = resolve_fs("s3://images/x.jpg", status_store.storage)
+    data, kind, msg = read_bytes("s3://images/x.jpg", fs, path, 100)
+    assert (data, kind) == (None, "read_error") and "s3://images/x.jpg" in msg
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_server_errors_raise_after_the_sdk_retries(status_store, status):
+    status_store.status = status
+    fs, path = resolve_fs("s3://images/x.jpg", status_store.storage)
+    with pytest.raises(StoreUnavailable, match=r"s3://images/x\.jpg"):
+        read_bytes("s3://images/x.jpg", fs, path, 100)
+
+
+@pytest.mark.parametrize("status, error", [(403, "PermissionError"), (503, "")])
+def test_a_store_refusing_the_listing_names_input_uri_and_storage(status_store, status, error):
+    """Missing or wrong credentials look like this to s3fs: a 403 on the listing (unsigned requests)."""
+    status_store.status = status
+    with pytest.raises(InputError) as err:
+        list_inputs(InputConfig(uri="s3://images/set", storage=status_store.storage))
+    message = str(err.value)
+    assert message.startswith("input.uri='s3://images/set': cannot list inputs (check input.storage and the AWS_* credentials)")
+    assert error in message and len(message.splitlines()) == 1
+
+
+def test_unreachable_store_raises():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    storage = StorageConfig(endpoint_url=f"http://127.0.0.1:{port}", key=KEY, secret=SECRET, region="us-east-1",
+                            retry_attempts=1)
+    fs, path = resolve_fs("s3://images/x.jpg", storage)
+    with pytest.raises(StoreUnavailable, match="NETWORK_CONNECTION"):
+        read_bytes("s3://images/x.jpg", fs, path, 100)
+
+
+def test_undecodable_file_keeps_the_header_size(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(buf, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:-30])  # the header survives, the pixel data does not
+    fs, path = resolve_fs(str(tmp_path / "cut.png"), StorageConfig())
+    res = read_decoded(str(tmp_path / "cut.png"), fs, path, InputConfig())
+    assert res.error_kind == "truncated" and (res.width, res.height) == (40, 30)

@@ -1,4 +1,7 @@
-"""Which images to score (`list_inputs`) and reading one of them (`read_bytes`) without ever raising.
+"""Which images to score (`list_inputs`) and reading one of them (`read_bytes`, `read_decoded`).
+
+A permanent failure of one file is a value (an error kind and a message); a transient store failure
+raises `StoreUnavailable` (see `rayiqa.io.errors`).
 
 `input.uri` may be a folder or s3 prefix (listed recursively), a glob (local or s3; `*`, `**`, `?`),
 a single file, a `.parquet`/`.csv`/`.txt` list of URIs, or `builtin:samples`. Listings keep only
@@ -16,7 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayiqa.config import InputConfig
-from rayiqa.io.decode import decode_image
+from rayiqa.io.decode import DecodeResult, decode_image
+from rayiqa.io.errors import InputError, StoreUnavailable, is_permanent
 from rayiqa.io.fs import join_uri, resolve_fs, resolve_fsspec, split_uri
 from rayiqa.io.samples import SAMPLES_URI, samples_dir
 
@@ -34,7 +38,7 @@ def _wanted(extensions: list[str]) -> frozenset[str]:
 
 def _list_column(table: pa.Table, cfg: InputConfig) -> list[str]:
     if cfg.list_column not in table.column_names:
-        raise ValueError(
+        raise InputError(
             f"input.list_column={cfg.list_column!r} is not a column of input.uri={cfg.uri!r}; "
             f"columns: {table.column_names}"
         )
@@ -74,7 +78,7 @@ def _listing(uri: str, cfg: InputConfig) -> list[str]:
     if GLOB_CHARS & set(path):
         found = [p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file"]
     elif not fs.exists(path):
-        raise ValueError(f"input.uri={cfg.uri!r}: no such folder, file, bucket or prefix")
+        raise InputError(f"input.uri={cfg.uri!r}: no such folder, file, bucket or prefix")
     elif fs.isfile(path):
         return [join_uri(scheme, path)]
     else:
@@ -84,27 +88,39 @@ def _listing(uri: str, cfg: InputConfig) -> list[str]:
 
 
 def list_inputs(cfg: InputConfig) -> list[str]:
-    """The sorted, de-duplicated URIs to score (first `cfg.limit`); ValueError naming input.uri if none."""
+    """The sorted, de-duplicated URIs to score (first `cfg.limit`).
+
+    Raises InputError naming input.uri (and input.storage for a store or credential failure) if the
+    listing fails or finds nothing.
+    """
     if cfg.uri.startswith("builtin:") and cfg.uri != SAMPLES_URI:
-        raise ValueError(f"input.uri={cfg.uri!r}: the only builtin input is {SAMPLES_URI!r}")
+        raise InputError(f"input.uri={cfg.uri!r}: the only builtin input is {SAMPLES_URI!r}")
     uri = str(samples_dir()) if cfg.uri == SAMPLES_URI else cfg.uri
     try:
         uris = _read_list(uri, cfg) if _suffix(uri) in LIST_SUFFIXES else _listing(uri, cfg)
-    except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
-        raise ValueError(f"input.uri={cfg.uri!r}: cannot list inputs: {type(e).__name__}: {e}") from e
+    except InputError:
+        raise
+    except ValueError as e:  # a malformed URI
+        raise InputError(f"input.uri={cfg.uri!r}: {e}") from e
+    except Exception as e:  # OSError, Arrow, botocore (missing credentials, unreachable endpoint), decoding
+        where = " (check input.storage and the AWS_* credentials)" if split_uri(uri)[0] == "s3" else ""
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise InputError(f"input.uri={cfg.uri!r}: cannot list inputs{where}: {type(e).__name__}: {first}") from e
     uris = sorted(set(uris))
     if not uris:
-        raise ValueError(f"input.uri={cfg.uri!r}: no images found (input.extensions={cfg.extensions})")
+        raise InputError(f"input.uri={cfg.uri!r}: no images found (input.extensions={cfg.extensions})")
     return uris[: cfg.limit] if cfg.limit else uris
 
 
 def read_bytes(
     uri: str, fs: pafs.FileSystem, path: str, max_bytes: int
 ) -> tuple[bytes | None, str | None, str | None]:
-    """(data, None, None), or (None, "read_error" | "too_many_bytes", message). Never raises for a bad file.
+    """(data, None, None), or (None, "read_error" | "too_many_bytes", message) for a permanent failure
+    of this file (not found, access denied, not a file, too large).
 
-    The size is checked from the open file's metadata before any byte is read, so a huge object
-    costs one request, not a download.
+    Raises StoreUnavailable for a transient one (connection, timeout, throttling, 5xx) once the
+    filesystem's own retries (`storage.retry_attempts`) are spent. The size is checked from the open
+    file's metadata before any byte is read, so a huge object costs one request, not a download.
     """
     try:
         with fs.open_input_file(path) as f:
@@ -113,13 +129,22 @@ def read_bytes(
                 return None, "too_many_bytes", f"{uri}: {size} bytes > max_bytes {max_bytes}"
             return f.read(), None, None
     except (OSError, pa.ArrowException) as e:
-        return None, "read_error", f"{uri}: {type(e).__name__}: {e}"
+        message = f"{uri}: {type(e).__name__}: {e}"
+        if is_permanent(e):
+            return None, "read_error", message
+        raise StoreUnavailable(message) from e
+
+
+def read_decoded(uri: str, fs: pafs.FileSystem, path: str, input_cfg: InputConfig) -> DecodeResult:
+    """Read + decode under the input limits; a permanent failure is a DecodeResult with its error kind
+    (and the header's size when the bytes were read). Raises StoreUnavailable like `read_bytes`."""
+    data, kind, msg = read_bytes(uri, fs, path, input_cfg.max_bytes)
+    if data is None:
+        return DecodeResult(image=None, error_kind=kind, error=msg)
+    return decode_image(data, input_cfg.max_pixels)
 
 
 def read_image(uri: str, fs: pafs.FileSystem, path: str, input_cfg: InputConfig):
-    """(RGB uint8 image, None, None), or (None, error kind, message): read + decode under the input limits."""
-    data, kind, msg = read_bytes(uri, fs, path, input_cfg.max_bytes)
-    if data is None:
-        return None, kind, msg
-    res = decode_image(data, input_cfg.max_pixels)
+    """(RGB uint8 image, None, None), or (None, error kind, message): `read_decoded` without the size."""
+    res = read_decoded(uri, fs, path, input_cfg)
     return res.image, res.error_kind, res.error
