@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -44,7 +43,6 @@ from rayiqa.config.grmp import (
 from rayiqa.data import (
     IQARow,
     load_dataset,
-    make_synthetic_set,
     median_over_repeats,
     min_max_normalize,
     repeated_splits,
@@ -52,7 +50,6 @@ from rayiqa.data import (
 )
 from rayiqa.io.decode import decode_image
 from rayiqa.io.fs import resolve_fs
-from rayiqa.io.samples import samples_dir
 from rayiqa.io.sources import read_bytes
 from rayiqa.methods.grmp_iqa import (
     MetaTask,
@@ -74,6 +71,7 @@ from rayiqa.models.clip_prompt import (
     reference_semantic_logits,
     scene_prompts,
 )
+from rayiqa.train.synthetic_sets import build_synthetic_set
 
 log = logging.getLogger(__name__)
 
@@ -95,27 +93,13 @@ class ImageSet:
     rows: list[IQARow]
 
 
-BUILTIN_SAMPLES = "builtin:samples"
-
-
-def _pristine_folder(source: str, root: str) -> str:
-    """`source`, or for `builtin:samples` a copy of the bundled pristine photos (their PNGs) under `root`."""
-    if source != BUILTIN_SAMPLES:
-        return source
-    folder = Path(root) / "pristine"
-    folder.mkdir(parents=True, exist_ok=True)
-    for image in samples_dir().glob("*.png"):
-        shutil.copyfile(image, folder / image.name)
-    return str(folder)
-
-
 def load_rows(cfg: GRMPDataConfig) -> list[IQARow]:
-    """The dataset's rows (raw scores), building the synthetic set first when `synthetic_source` is set."""
+    """The dataset's rows (raw scores), building the synthetic set at `root` first when `synthetic_source` is set
+    (an s3:// root is what Ray Train workers on other nodes can read)."""
     if cfg.synthetic_source is not None:
         if cfg.dataset != "synthetic":
             raise ValueError(f"data.synthetic_source is set but data.dataset is {cfg.dataset!r}, not 'synthetic'")
-        source = _pristine_folder(cfg.synthetic_source, cfg.root)
-        make_synthetic_set(source, cfg.root, cfg.synthetic_types, cfg.synthetic_levels)
+        build_synthetic_set(cfg.root, cfg.synthetic_source, cfg.synthetic_types, cfg.synthetic_levels, 0, cfg.storage)
     rows = load_dataset(cfg.dataset, cfg.root, cfg.storage, **cfg.options)
     return rows[: cfg.limit] if cfg.limit else rows
 

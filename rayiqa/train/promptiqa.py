@@ -10,7 +10,6 @@ same storage_path + name, or a Ray Train retry after a worker failure, resumes f
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,34 +22,27 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayiqa.config import StorageConfig, load_config
 from rayiqa.config.promptiqa import DatasetSpec, PromptIQATrainConfig
-from rayiqa.data import DatasetError, load_dataset, make_synthetic_set, normalize_split, split_rows
+from rayiqa.data import DatasetError, load_dataset, normalize_split, split_rows
 from rayiqa.data.rows import IQARow
 from rayiqa.data.splits import Split
 from rayiqa.io.fs import resolve_fs, split_uri
-from rayiqa.io.samples import SAMPLES_URI, samples_dir
 from rayiqa.methods.metrics import plcc, srcc
 from rayiqa.methods.prompt_iqa import InBatchPromptIQA, in_batch_loss, sample_ispp, score_with_ispp
 from rayiqa.models.promptiqa import PromptIQA
 from rayiqa.pipeline.runtime import ensure_ray
 from rayiqa.train.episodes import load_episode, load_images
+from rayiqa.train.synthetic_sets import build_synthetic_set, has_synthetic_set
 
 log = logging.getLogger(__name__)
 
 
 def prepare_synthetic(cfg: PromptIQATrainConfig) -> None:
-    """Write each local synthetic dataset root that has no annotations yet from `cfg.synthetic.pristine`."""
+    """Build each `synthetic` dataset root (local or s3://) that has no annotations yet from `cfg.synthetic.pristine`."""
     src = cfg.synthetic
-    roots = {d.root for d in cfg.datasets if d.name == "synthetic" and split_uri(d.root)[0] != "s3"}
-    for root in sorted(r for r in roots if not (Path(r) / "annotations.csv").exists()):
-        with tempfile.TemporaryDirectory() as tmp:
-            pristine = Path(tmp)
-            if src.pristine == SAMPLES_URI:  # the bundled originals are the PNGs; the JPGs are distorted copies
-                for png in samples_dir().glob("*.png"):
-                    shutil.copy(png, pristine / png.name)
-            else:
-                pristine = Path(src.pristine)
-            log.info("making synthetic set %s from %s", root, src.pristine)
-            make_synthetic_set(pristine, root, src.types, src.levels, src.seed)
+    roots = {d.root for d in cfg.datasets if d.name == "synthetic"} if src.make else set()
+    for root in sorted(r for r in roots if not has_synthetic_set(r, cfg.storage)):
+        log.info("making synthetic set %s from %s", root, src.pristine)
+        build_synthetic_set(root, src.pristine, src.types, src.levels, src.seed, cfg.storage)
 
 
 def load_splits(cfg: PromptIQATrainConfig) -> dict[str, Split]:
