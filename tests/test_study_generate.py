@@ -9,7 +9,7 @@ from rayiqa.config import MLLMConfig
 from rayiqa.config.study import DesignConfig, StudyDataConfig
 from rayiqa.methods import study_prompts as sp
 from rayiqa.models.mllm import LevelRequest, create_engine
-from rayiqa.models.mllm.generate import constrained_steps, generate_text
+from rayiqa.models.mllm.generate import constrained_steps
 from rayiqa.pipeline.study_stage import StudyStage
 
 SMALL = dict(device="cpu", min_pixels=28 * 28, max_pixels=56 * 56, batch_size=4)
@@ -29,7 +29,7 @@ def images():
 def test_cot_answers_are_distributions_for_every_request(engine, images) -> None:
     reasoning = sp.reasoning_prompt("double", "nr", 2)
     requests = [LevelRequest(reasoning, [images[k], images[k + 1]]) for k in range(3)]
-    rationales = generate_text(engine, requests, max_new_tokens=4)
+    rationales = engine.generate_text(requests, max_new_tokens=4)
     assert len(rationales) == 3 and all(isinstance(r, str) for r in rationales)
 
     def prompt_at(i, chosen):

@@ -60,8 +60,6 @@ def test_requests_follow_the_design(tmp_path) -> None:
 def test_unknown_system_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="design.systems"):
         load_config(StudyConfig, None, ["design.systems=[single-standard, triple-standard]"])
-    with pytest.raises(ConfigError, match="transformers"):
-        load_config(StudyConfig, None, ["mllms=[{engine: vllm}]"])
 
 
 def _answers(system: str, rows: list[tuple[list[int], str | None, float | None, bool]]) -> pd.DataFrame:

@@ -38,6 +38,9 @@ class StageConfig(Section):
     concurrency: tuple[int, int] = (1, 1)  # (min, max) actors
     num_cpus: float = Field(default=0.5, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
+    # Times Ray Data re-runs a block whose actor died or whose model failed (device error, out of
+    # memory) before the run stops; an input the model refuses is an error row instead.
+    max_task_retries: int = Field(default=3, ge=0)
 
     @field_validator("concurrency", mode="before")
     @classmethod

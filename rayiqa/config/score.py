@@ -24,7 +24,9 @@ class InputConfig(Section):
 
 class OutputConfig(Section):
     uri: str = "out/scores"  # a folder (local or s3://) that receives Parquet parts + manifest
-    mode: Literal["resume", "overwrite"] = "resume"  # resume: skip inputs already in the output
+    # resume: skip inputs already in the output; overwrite: clear it first; retry-errors: score the
+    # inputs whose rows are errors again and replace those rows (each input stays once in the output)
+    mode: Literal["resume", "overwrite", "retry-errors"] = "resume"
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
 
@@ -39,13 +41,15 @@ class MLLMConfig(Section):
     min_pixels: int = Field(default=56 * 56, gt=0)  # processor resize bounds (Qwen2-VL style)
     max_pixels: int = Field(default=448 * 448, gt=0)
     max_model_len: int = Field(default=4096, gt=0)  # vllm engine
-    tensor_parallel_size: int = Field(default=1, gt=0)  # vllm engine
-    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # vllm engine
+    tensor_parallel_size: int = Field(default=1, gt=0)  # vllm engine: GPUs one engine is sharded over
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # vllm engine (its CPU build: share of host memory)
+    enforce_eager: bool = False  # vllm engine: no CUDA graphs (faster start-up, slower steps)
 
 
 class SegmenterConfig(Section):
     """SAM2 automatic mask generation; knobs are SAM2AutomaticMaskGenerator's own."""
 
+    generator: Literal["fast", "sam2"] = "fast"  # fast: filters on the low-res logits; sam2: SAM2AutomaticMaskGenerator
     preset: str = "tiny"  # "tiny" (random weights) or a SAM2.1 name: hiera_t, hiera_s, hiera_b+, hiera_l
     checkpoint: str | None = None  # .pt path; default for named presets: the official file name
     image_size: int | None = Field(default=None, gt=0)  # SAM2 input size; None: the preset's (tiny 256, others 1024)
@@ -57,6 +61,13 @@ class SegmenterConfig(Section):
     box_nms_thresh: float = Field(default=0.7, ge=0, le=1)
     crop_n_layers: int = Field(default=0, ge=0)
     min_mask_region_area: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _fast_generator_scope(self) -> "SegmenterConfig":
+        for key in ("crop_n_layers", "min_mask_region_area"):
+            if self.generator == "fast" and getattr(self, key) > 0:
+                raise ValueError(f"segmenter.{key} > 0 needs segmenter.generator: sam2 (the fast generator runs one crop layer, no region removal)")
+        return self
 
 
 class LLMIQAConfig(Section):
@@ -112,10 +123,14 @@ class ScoreConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
-    def _one_engine_kind(self) -> "ScoreConfig":
-        engines = {m.engine for m in self.mllms}
-        if len(engines) > 1:
-            raise ValueError(f"mllms: all models of an ensemble must use the same engine, got {sorted(engines)}")
+    def _engines_fit_their_actors(self) -> "ScoreConfig":
+        for k, m in enumerate(self.mllms):
+            if m.engine == "vllm" and m.tensor_parallel_size > max(self.score.num_gpus, 1):
+                raise ValueError(
+                    f"mllms[{k}].tensor_parallel_size={m.tensor_parallel_size} shards one engine over that many GPUs "
+                    f"of its actor, but score.num_gpus={self.score.num_gpus}: set score.num_gpus to "
+                    f"{m.tensor_parallel_size}, or use tensor_parallel_size 1 and scale with score.concurrency"
+                )
         return self
 
     @model_validator(mode="after")
@@ -124,8 +139,6 @@ class ScoreConfig(Section):
             raise ValueError("scorer promptiqa: promptiqa.model.checkpoint and promptiqa.ispp (>= 1 path/score) are required")
         if self.scorer == "grmp" and not self.grmp.checkpoint:
             raise ValueError("scorer grmp: grmp.checkpoint is required")
-        if self.adapt.method != "none" and self.mllms[0].engine == "vllm":
-            raise ValueError(f"adapt.method {self.adapt.method!r} runs on the transformers engine only (mllms.engine is vllm)")
         if self.scorer != "llm-iqa" and self.adapt.method != "none":
             raise ValueError(f"adapt.method {self.adapt.method!r} needs scorer llm-iqa (its rankers are the job's MLLMs)")
         return self

@@ -58,6 +58,11 @@ class DesignConfig(Section):
     aggregation: Literal["thurstone_map", "thurstone_mosteller", "perron_frobenius", "elo"] = "thurstone_map"
     seed: int = 0
 
+    def max_images_per_request(self) -> int:
+        """An upper bound on one request's images: exemplars and the asked stimulus, each a list of
+        L items plus a reference (what a vLLM engine must be told to accept)."""
+        return (self.n_exemplars + 1) * (max(self.list_size, 2) + 1)
+
     @field_validator("systems")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
@@ -83,13 +88,3 @@ class StudyConfig(Section):
     output: StudyOutputConfig = Field(default_factory=StudyOutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
-    @field_validator("mllms")
-    @classmethod
-    def _transformers_only(cls, v: list[MLLMConfig]) -> list[MLLMConfig]:
-        bad = [k for k, m in enumerate(v) if m.engine != "transformers"]
-        if bad:
-            raise ValueError(
-                f"mllms{bad}.engine: the study needs generation and stepwise choices, which only the "
-                "transformers engine offers in-process; use engine: transformers"
-            )
-        return v

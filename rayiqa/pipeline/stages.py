@@ -2,12 +2,15 @@
 
 Rows stay one per input image all the way to the write, so the job streams and Ray Data's
 checkpointing can resume it: crops travel as boxes (and packed masks) next to the decoded image
-and are cut and scored inside the score stage. Every stage turns a per-row failure into an error
-row (`error_kind`, `error`) and passes it through untouched.
+and are cut and scored inside the score stage, whatever the engine. A failure of one input (a bad
+file, a request the model refuses) becomes that row's error (`error_kind`, `error`) and passes
+through untouched; a failure of the model itself (device, memory, a dead engine) fails the block,
+which Ray Data re-runs (`max_task_retries`), so it never becomes a column of error rows.
 """
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 
 import numpy as np
@@ -162,7 +165,9 @@ def crops_of(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray) -> list[np
 
 class ScoreStage:
     """One MLLM of the ensemble: scores the whole image and each crop with the standard-guided prompt
-    (one forward per request, level-token probabilities), adds that model's columns `*_m{index}`."""
+    (level-token probabilities; every request of the block in one engine call), adds that model's
+    columns `*_m{index}`. A dead engine (vLLM after a device error) ends the actor's process, so Ray
+    Data starts a fresh actor and re-runs the block on it."""
 
     def __init__(self, mllm_cfg: MLLMConfig, method: LLMIQAConfig, index: int, last: bool = False):
         from rayiqa.models.mllm import create_engine
@@ -191,7 +196,13 @@ class ScoreStage:
         return out
 
     def __call__(self, batch: dict) -> dict:
-        probs = score_isolated(batch, self._score_rows)
+        try:
+            probs = score_isolated(batch, self._score_rows)
+        except Exception:
+            if not getattr(self.engine, "healthy", True):
+                log.exception("the %s engine died; ending this actor so Ray Data restarts it", self.engine.model_id)
+                os._exit(1)
+            raise
         add_model_columns(batch, self.index, probs, self.values, self.method)
         return drop_pixels(batch) if self.last else batch
 
@@ -205,17 +216,19 @@ def drop_pixels(batch: dict) -> dict:
 
 
 def score_isolated(batch: dict, score_rows) -> dict:
-    """`score_rows(batch, rows) -> {row: result}` over the batch's good rows in one call; if that
-    raises, row by row, so only the failing image becomes a `model_error` row."""
+    """`score_rows(batch, rows) -> {row: result}` over the batch's good rows in one call. A ValueError
+    means the model refused an input on its own merits (a prompt too long, an image its processor
+    rejects): then row by row, and a row refused alone becomes a `model_error` row. Any other
+    exception is the model's, not the image's: it propagates, and Ray Data re-runs the block."""
     rows = [i for i in range(len(batch["path"])) if _ok(batch, i)]
     try:
         return score_rows(batch, rows)
-    except Exception:
+    except ValueError:
         out = {}
         for i in rows:
             try:
                 out.update(score_rows(batch, [i]))
-            except Exception as exc:
+            except ValueError as exc:
                 _set_error(batch, i, "model_error", exc)
         return out
 

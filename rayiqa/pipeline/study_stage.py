@@ -31,7 +31,7 @@ class StudyStage:
     def __init__(self, mllm: MLLMConfig, engine_index: int, design: DesignConfig, data: StudyDataConfig) -> None:
         from rayiqa.models.mllm import create_engine
 
-        self.engine = create_engine(mllm)
+        self.engine = create_engine(mllm, max_images=design.max_images_per_request())
         self.engine_index = engine_index
         self.design = design
         self.data = data
@@ -78,11 +78,10 @@ class StudyStage:
         rationales: list[str | None] = [None] * len(rows)
         if prompting == "chain_of_thought":
             from rayiqa.models.mllm import LevelRequest
-            from rayiqa.models.mllm.generate import generate_text
 
             reasoning = sp.reasoning_prompt(stimulus, scenario, n)
-            rationales = generate_text(
-                self.engine, [LevelRequest(reasoning, im) for im in images], self.design.max_new_tokens
+            rationales = self.engine.generate_text(
+                [LevelRequest(reasoning, im) for im in images], self.design.max_new_tokens
             )
 
         def prompt_at(i: int, chosen: list[str]):

@@ -1,4 +1,4 @@
-"""MLLM engines: level-token probabilities from one forward (transformers in-process, vLLM on Ray Data).
+"""MLLM engines: level-token probabilities from one forward (transformers or vLLM, in the calling process).
 
 Names are imported on first use (PEP 562): a Ray Data decode worker that only needs the prompt
 types must not pay for importing torch and transformers.
@@ -19,7 +19,7 @@ _HOMES = {
     "resolve_model": "presets",
     "build_tiny_qwen_checkpoint": "tiny", "tiny_checkpoint_dir": "tiny",
     "TransformersEngine": "transformers_engine",
-    "build_vllm_processor": "vllm_engine",
+    "VLLMEngine": "vllm_engine",
 }
 
 
@@ -29,16 +29,16 @@ def __getattr__(name: str) -> Any:
     return getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
 
 
-def create_engine(cfg: MLLMConfig) -> LevelEngine:
-    """The in-process engine for `cfg`; the vLLM engine is a Ray Data processor instead."""
-    if cfg.engine == "transformers":
-        from rayiqa.models.mllm.transformers_engine import TransformersEngine
+def create_engine(cfg: MLLMConfig, max_images: int = 1) -> LevelEngine:
+    """The engine `cfg.engine` names, built in this process (an actor of the job, a Serve replica);
+    `max_images` bounds the images of one request (vLLM sizes its multimodal budget from it)."""
+    if cfg.engine == "vllm":
+        from rayiqa.models.mllm.vllm_engine import VLLMEngine
 
-        return TransformersEngine(cfg)
-    raise ValueError(
-        f"mllm engine {cfg.engine!r} does not run in-process: build it as a Ray Data stage with "
-        "rayiqa.models.mllm.build_vllm_processor(cfg, prompt)"
-    )
+        return VLLMEngine(cfg, max_images)
+    from rayiqa.models.mllm.transformers_engine import TransformersEngine
+
+    return TransformersEngine(cfg)
 
 
 __all__ = [*_HOMES, "create_engine"]

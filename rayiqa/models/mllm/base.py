@@ -49,12 +49,19 @@ class LevelRequest:
 
 
 class LevelEngine(Protocol):
-    """What the scoring stages need from an MLLM: (N, K) level probabilities, rows summing to 1."""
+    """What the stages need from an MLLM: (N, K) level probabilities, rows summing to 1, for all the
+    requests of a call at once (the engine batches them), and greedy free text for chain-of-thought.
+
+    A request refused on its own merits (too long, an image the processor rejects) raises ValueError;
+    any other exception is the engine's (device, memory, a dead engine) and fails the caller's task.
+    """
 
     model_id: str
     weights: str  # "pretrained" or "random-init"
 
     def level_probs(self, requests: Sequence[LevelRequest]) -> np.ndarray: ...
+
+    def generate_text(self, requests: Sequence[LevelRequest], max_new_tokens: int) -> list[str]: ...
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

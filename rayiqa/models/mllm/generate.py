@@ -1,38 +1,21 @@
-"""Chain-of-thought on the transformers engine: generate a rationale, then read the answer from logits.
+"""Constrained choices on any engine: the answer is read from level/choice-token probabilities.
 
-Step 1 generates free text (greedy, `max_new_tokens`) from the engine's own model and processor.
-Step 2 (`constrained_steps`) appends that text to the assistant turn, followed by an answer cue, and
-reads the answer as level/choice-token probabilities with the engine's single-forward `level_probs`
--- the final answer never comes from parsing the generated text. The same steps read a ranking one
-constrained choice at a time. vLLM (ray.data.llm) would need two chained processors
-for this; the study job runs chain-of-thought on the transformers engine.
+Chain-of-thought first generates a rationale (`engine.generate_text`, greedy), appends it to the
+assistant turn with an answer cue, and reads the answer with the engine's single-forward
+`level_probs` -- the final answer never comes from parsing the generated text. The same steps read
+a ranking one constrained choice at a time.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
-from rayiqa.models.mllm.base import LevelPrompt, LevelRequest
-from rayiqa.models.mllm.transformers_engine import TransformersEngine
-
-
-@torch.inference_mode()
-def generate_text(engine: TransformersEngine, requests: Sequence[LevelRequest], max_new_tokens: int) -> list[str]:
-    """Greedy continuation of each request's rendered prompt, decoded without special tokens."""
-    out: list[str] = []
-    bs = engine.cfg.batch_size
-    for start in range(0, len(requests), bs):
-        inputs, _ = engine.encode(requests[start : start + bs], start)
-        tokens = engine.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new = tokens[:, inputs["input_ids"].shape[1] :]
-        out.extend(t.strip() for t in engine.processor.batch_decode(new, skip_special_tokens=True))
-    return out
+from rayiqa.models.mllm.base import LevelEngine, LevelPrompt, LevelRequest
 
 
 def constrained_steps(
-    engine: TransformersEngine,
+    engine: LevelEngine,
     images: Sequence[Sequence[np.ndarray]],
     prompt_at: Callable[[int, Sequence[str]], LevelPrompt],
     n_steps: int,

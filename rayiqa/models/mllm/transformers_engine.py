@@ -66,7 +66,33 @@ class TransformersEngine:
         if len(n_levels) != 1:
             raise ValueError(f"requests in one call must share the number of levels, got {sorted(n_levels)}")
         bs = self.cfg.batch_size
-        return np.concatenate([self._forward(requests[i : i + bs], i) for i in range(0, len(requests), bs)])
+        return np.concatenate([self._fitting(self._forward, requests[i : i + bs], i) for i in range(0, len(requests), bs)])
+
+    def _fitting(self, run, batch: Sequence[LevelRequest], offset: int) -> Any:
+        """`run(batch, offset)`, in halves while the device runs out of memory (down to one request)."""
+        try:
+            return run(batch, offset)
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        first, second = self._fitting(run, batch[:half], offset), self._fitting(run, batch[half:], offset + half)
+        return np.concatenate([first, second]) if isinstance(first, np.ndarray) else first + second
+
+    def generate_text(self, requests: Sequence[LevelRequest], max_new_tokens: int) -> list[str]:
+        """Greedy continuation of each request's rendered prompt, decoded without special tokens."""
+        bs = self.cfg.batch_size
+        run = lambda batch, offset: self._generate(batch, offset, max_new_tokens)  # noqa: E731
+        return [t for i in range(0, len(requests), bs) for t in self._fitting(run, requests[i : i + bs], i)]
+
+    @torch.inference_mode()
+    def _generate(self, batch: Sequence[LevelRequest], offset: int, max_new_tokens: int) -> list[str]:
+        inputs, _ = self.encode(batch, offset)
+        tokens = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = tokens[:, inputs["input_ids"].shape[1] :]
+        return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]
 
     def encode(self, batch: Sequence[LevelRequest], offset: int = 0) -> tuple[Any, list[str]]:
         """Render a micro-batch with the shared chat builder and tokenise it left-padded on the device.
