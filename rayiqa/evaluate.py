@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
+from rayiqa.config import StorageConfig
+from rayiqa.io.fs import resolve_fs
 from rayiqa.methods.metrics import evaluate
 
 KEY_COLUMNS = ("path", "name", "image", "image_name", "filename", "file")
@@ -18,6 +21,8 @@ class EvalReport:
     matched: int
     unmatched_predictions: int
     missing_predictions: int
+    pred: np.ndarray = field(repr=False, compare=False)  # the matched (prediction, MOS) pairs
+    mos: np.ndarray = field(repr=False, compare=False)
 
     def render(self) -> str:
         m = self.metrics
@@ -30,15 +35,18 @@ class EvalReport:
         return "\n".join(rows)
 
 
-def _read_table(uri: str) -> pd.DataFrame:
+def _read_table(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A CSV file, or a Parquet file or folder (local or s3://), reading only `columns` when given."""
+    fs, path = resolve_fs(uri, StorageConfig())
     if uri.endswith(".csv"):
-        return pd.read_csv(uri)
-    return pads.dataset(uri, format="parquet").to_table().to_pandas()
+        with fs.open_input_stream(path) as f:
+            return pd.read_csv(f, usecols=columns)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns).to_pandas()
 
 
 def evaluate_files(pred_uri: str, mos_uri: str, mos_column: str = "mos", key: str = "name", score_column: str = "score") -> EvalReport:
     """Join on the file name (or full path) and evaluate the non-null predictions against MOS."""
-    pred = _read_table(pred_uri)
+    pred = _read_table(pred_uri, ["path", score_column])
     mos = _read_table(mos_uri)
     if mos_column not in mos:
         raise ValueError(f"MOS file {mos_uri} has no column {mos_column!r}; columns: {list(mos.columns)}")
@@ -49,10 +57,12 @@ def evaluate_files(pred_uri: str, mos_uri: str, mos_column: str = "mos", key: st
     pred = pred.assign(_key=pred["path"].map(lambda p: norm(str(p))))[["_key", score_column]].dropna()
     mos = mos.assign(_key=mos[mos_key].map(lambda p: norm(str(p))))[["_key", mos_column]]
     joined = pred.merge(mos, on="_key", how="inner")
-    metrics = evaluate(joined[score_column].to_numpy(float), joined[mos_column].to_numpy(float))
+    pred_values, mos_values = joined[score_column].to_numpy(float), joined[mos_column].to_numpy(float)
     return EvalReport(
-        metrics=metrics,
+        metrics=evaluate(pred_values, mos_values),
         matched=len(joined),
         unmatched_predictions=len(pred) - len(joined),
         missing_predictions=len(mos) - len(joined),
+        pred=pred_values,
+        mos=mos_values,
     )
