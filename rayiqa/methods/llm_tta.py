@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 if TYPE_CHECKING:  # methods take any IQABackbone; no runtime dependency on the model layer
     from rayiqa.models.backbones.base import IQABackbone
+    from rayiqa.models.mllm.base import LevelPrompt
 
 
 # Section 4.3's prompts; the paper reads the logits of `good` and `poor` after Prompt 2 (default).
@@ -33,6 +34,15 @@ PROMPT_3 = (
 PROMPTS: dict[int, str] = {1: PROMPT_1, 2: PROMPT_2, 3: PROMPT_3}
 DEFAULT_PROMPT = PROMPT_2
 SCORE_WORDS = ("good", "poor")
+
+
+def prompt2() -> LevelPrompt:
+    """Q-Bench's single-stimulus prompt as LLM-TTA uses it: the assistant turn starts with prompt 2,
+    the next token is read as ` good` vs ` poor`."""
+    from rayiqa.models.mllm.base import LevelPrompt
+
+    return LevelPrompt(user=PROMPT_1 + ".", levels=tuple(f" {w}" for w in SCORE_WORDS), assistant_prefix=PROMPT_2)
+
 
 LossForm = Literal["paper", "tta-iqa"]
 Embed = Callable[[torch.Tensor], torch.Tensor]

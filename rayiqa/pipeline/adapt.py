@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,10 +24,9 @@ from torchvision.transforms.v2 import functional as TF
 from rayiqa.config import LLMIQAConfig, MLLMConfig
 from rayiqa.config.tta import AdaptConfig
 from rayiqa.methods import llm_iqa, llm_tta, tta_baselines
+from rayiqa.methods.llm_tta import prompt2
 from rayiqa.pipeline.stages import TTA_COLUMNS, drop_pixels, missing_as_none
 
-if TYPE_CHECKING:  # the MLLM package (transformers) loads only in actors that rank with prompt 2
-    from rayiqa.models.mllm.base import LevelPrompt
 
 def plan_batches(n: int, b: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Positions 0..n-1 as adaptation batches `(members, written)`, every batch exactly b members.
@@ -52,14 +51,6 @@ def to_batch_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
     resized = [TF.resize(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1), [size, size], antialias=True)
                for im in images]
     return TF.to_dtype(torch.stack(resized), torch.float32, scale=True)
-
-
-def prompt2() -> LevelPrompt:
-    """Q-Bench's single-stimulus prompt as LLM-TTA uses it: the assistant turn starts with prompt 2,
-    the next token is read as ` good` vs ` poor`."""
-    from rayiqa.models.mllm.base import LevelPrompt
-
-    return LevelPrompt(user=llm_tta.PROMPT_1 + ".", levels=(" good", " poor"), assistant_prefix=llm_tta.PROMPT_2)
 
 
 def _resolve_models(ranker_models: list[int] | None, n_models: int) -> list[int]:

@@ -1,0 +1,95 @@
+"""`rayiqa train tiny-iqa`: a small Qwen2.5-VL taught to answer rayiqa's own quality prompts.
+
+Defaults are the run that made the shipped `tiny-iqa` weights; `configs/train-tiny-iqa.yaml`
+documents every key.
+"""
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from rayiqa.config.base import RayConfig, Section
+
+ALL_TYPES = ["gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "contrast", "brightness", "saturation", "pixelation"]
+
+
+class TinyShapeConfig(Section):
+    """The model's size: the `tiny` preset's config (tokenizer, chat template, processor) at this shape."""
+
+    hidden_size: int = Field(default=96, gt=0)  # language model width (head_dim stays 32)
+    layers: int = Field(default=3, gt=0)  # language model decoder layers
+    vision_hidden_size: int = Field(default=96, gt=0)  # vision tower width (head_dim stays 32)
+    vision_depth: int = Field(default=3, gt=0)  # vision tower blocks; the last one uses full attention
+
+    @model_validator(mode="after")
+    def _head_dim_32(self) -> "TinyShapeConfig":
+        for key in ("hidden_size", "vision_hidden_size"):
+            if getattr(self, key) % 32:
+                raise ValueError(f"{key} must be a multiple of 32 (head_dim 32), got {getattr(self, key)}")
+        return self
+
+
+class TinyDataConfig(Section):
+    """Training rows: random crops of packaged photographs, graded distortions, SSIM labels."""
+
+    train_photos: list[str] = Field(default_factory=lambda: [
+        "clock", "text", "grass", "gravel", "cell", "hubble_deep_field", "retina", "grace_hopper"])
+    holdout_photos: list[str] = Field(default_factory=lambda: ["camera", "coins", "brick", "immunohistochemistry"])
+    types: list[str] = Field(default_factory=lambda: list(ALL_TYPES), min_length=1)  # rayiqa.data.distortions names
+    rows: int = Field(default=4000, gt=0)  # rows per run; each holds a pristine crop and two versions of it
+    side_range: tuple[int, int] = (64, 448)  # long side of a crop, px
+    p_pristine: float = Field(default=0.15, ge=0, le=1)  # chance a version is left undistorted
+    ssim_floor: float = Field(default=0.3, ge=0, lt=1)  # q = (SSIM - floor) / (1 - floor), clipped to [0, 1]
+    tie_margin: float = Field(default=0.08, gt=0)  # double stimulus: |q_a - q_b| below this leans to "comparable"
+    holdout_long_side: int = Field(default=384, gt=0)  # held-out photos are resized to this, like the samples
+    holdout_levels: int = Field(default=5, ge=2)  # levels per type in the held-out table
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "TinyDataConfig":
+        shared = sorted(set(self.train_photos) & set(self.holdout_photos))
+        if shared:
+            raise ValueError(f"train_photos and holdout_photos share {shared}")
+        return self
+
+
+class PromptMixConfig(Section):
+    """Relative weight of each prompt family in the training stream (0 leaves a family out)."""
+
+    llm_iqa_word7: float = Field(default=4.0, ge=0)  # LLM-IQA's 7-level word standard (the scoring job's default)
+    llm_iqa_variants: float = Field(default=2.0, ge=0)  # K = 3/5/9 and the number/sentence standards
+    tta_good_poor: float = Field(default=1.5, ge=0)  # LLM-TTA's prompt 2: " good" vs " poor" (Eq. 2)
+    study_single: float = Field(default=1.5, ge=0)  # the study's single-stimulus standard prompt, NR and FR
+    study_double: float = Field(default=1.5, ge=0)  # the study's double-stimulus standard prompt, NR and FR
+
+
+class TinyIQATrainConfig(Section):
+    """`rayiqa train tiny-iqa CONFIG`: soft-label cross-entropy on level tokens, DDP on Ray Train."""
+
+    model: TinyShapeConfig = Field(default_factory=TinyShapeConfig)
+    data: TinyDataConfig = Field(default_factory=TinyDataConfig)
+    prompts: PromptMixConfig = Field(default_factory=PromptMixConfig)
+    min_pixels: int = Field(default=3136, gt=0)  # processor resize bounds, as in the scoring configs
+    max_pixels: int = Field(default=200704, gt=0)
+    epochs: int = Field(default=6, gt=0)
+    batch_size: int = Field(default=8, gt=0)  # requests per worker per step
+    lr: float = Field(default=2e-3, gt=0)  # AdamW peak learning rate
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=100, ge=0)  # linear warm-up, then cosine decay to 0
+    max_steps_per_epoch: int | None = Field(default=None, gt=0)  # cap steps per worker per epoch (smoke runs)
+    holdout_eval: bool = True  # score the held-out photos after each epoch (rank 0)
+    num_workers: int = Field(default=2, gt=0)  # DDP workers (gloo)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    threads_per_worker: int = Field(default=1, gt=0)  # torch intra-op threads per worker
+    loader_cpus: float = Field(default=1.0, gt=0)  # CPUs per Ray Data task making rows
+    storage_path: str = "out/tiny-iqa/runs"  # local folder for checkpoints and results
+    name: str = "tiny-iqa"  # run name; a rerun with the same storage_path + name resumes from its latest checkpoint
+    export_dir: str | None = "out/tiny-iqa/model"  # the final model as a plain Hugging Face folder (null: none)
+    max_failures: int = Field(default=2, ge=-1)  # Ray Train worker-failure retries (-1: unlimited)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    seed: int = 0  # model init, rows, prompt draws
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _pixels(self) -> "TinyIQATrainConfig":
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        return self
