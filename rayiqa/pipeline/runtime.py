@@ -6,6 +6,7 @@ import math
 import os
 
 from rayiqa.config import RayConfig, ScoreConfig
+from rayiqa.io.errors import StorageError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ def ensure_ray(cfg: RayConfig, min_cpus: float = 0) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
 
 
-class StorageError(RuntimeError):
-    """The object store kept failing past its retry budget; the message names the store and the error."""
-
-
 # Ray Data retries a file operation whose error matches `DataContext.retried_io_errors` 10 times (up to
 # 32 s apart) on top of the AWS SDK's own attempts; for an unreachable store that multiplies the budget
 # (~10 min before a dead store ends the run). These are Ray's defaults as regexes, less
@@ -44,12 +41,26 @@ RAY_RETRIED_IO_ERRORS = (
 )
 
 
+# A decode task whose read raised StoreUnavailable (the input store down past the SDK's own retries) is
+# run again by Ray this many times before the run stops; Ray Data's default (-1: forever) would hang a
+# run on a dead store.
+READ_TASK_RETRIES = 3
+
+
+def read_retry_args() -> dict:
+    """`map_batches` keywords for the stage that reads the inputs: Ray retries the task on StoreUnavailable."""
+    return {"max_retries": READ_TASK_RETRIES, "retry_exceptions": [StoreUnavailable]}
+
+
 def configure_io_retries() -> None:
     """One retry budget for an unreachable store (the SDK's, per request); Ray Data keeps retrying
-    throttling and 5xx answers on top of the SDK."""
+    throttling and 5xx answers on top of the SDK. A failed task raises its own exception (not Ray
+    Data's UserCodeException, which loses it), so a run that died on a store names that store."""
     from ray.data import DataContext
 
-    DataContext.get_current().retried_io_errors = list(RAY_RETRIED_IO_ERRORS)
+    ctx = DataContext.get_current()
+    ctx.retried_io_errors = list(RAY_RETRIED_IO_ERRORS)
+    ctx.raise_original_map_exception = True
 
 
 def io_cause(exc: BaseException) -> OSError | None:
@@ -69,17 +80,21 @@ def io_cause(exc: BaseException) -> OSError | None:
     return None
 
 
-def storage_error(exc: BaseException, output_uri: str, budget: str) -> StorageError | None:
-    """A short StorageError for a run that died on I/O (None if `exc` is not an I/O error);
-    `budget` names the retry setting, e.g. "output.storage.retry_attempts=10"."""
+def storage_error(exc: BaseException, cfg: ScoreConfig) -> StorageError | None:
+    """A short StorageError for a run that died on I/O (None if `exc` is not an I/O error): the input
+    store (a decode task's StoreUnavailable, after the SDK's and Ray Data's retries) or the output one."""
     cause = io_cause(exc)
     if cause is None:
         return None
     first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if isinstance(cause, StoreUnavailable):
+        where = (f"input store (input.uri={cfg.input.uri!r}, input.storage.retry_attempts="
+                 f"{cfg.input.storage.retry_attempts} per request, {READ_TASK_RETRIES} task retries)")
+    else:
+        where = f"output store (output.storage.retry_attempts={cfg.output.storage.retry_attempts} per request)"
     return StorageError(
-        f"storage I/O failed after the retry budget ({budget} per request): "
-        f"{type(cause).__name__}: {first_line}\n"
-        f"Output {output_uri}: the Parquet parts already written are complete; "
+        f"storage I/O failed after the retry budget of the {where}: {type(cause).__name__}: {first_line}\n"
+        f"Output {cfg.output.uri}: the Parquet parts already written are complete; "
         "run the same command again to resume once the store is reachable."
     )
 
