@@ -8,6 +8,7 @@ same output resume: inputs already written are filtered out at the read and none
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -17,12 +18,15 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rayiqa.config import ScoreConfig, StageConfig
+from rayiqa.io.errors import OutputError
 from rayiqa.io.fs import resolve_fs
 from rayiqa.io.manifest import RunSummary, summarise_output, write_manifest
 from rayiqa.io.sources import list_inputs
 from rayiqa.pipeline import stages
 from rayiqa.pipeline.request_rows import score_by_requests
-from rayiqa.pipeline.runtime import StorageError, configure_io_retries, ensure_ray, join_path, model_provenance, storage_error
+from rayiqa.pipeline.runtime import (
+    configure_io_retries, ensure_ray, join_path, model_provenance, read_retry_args, storage_error,
+)
 from rayiqa.pipeline.trained_scorer import TrainedScoreStage, scorer_id
 
 log = logging.getLogger(__name__)
@@ -61,19 +65,96 @@ def _actor_args(stage: StageConfig) -> dict:
     )
 
 
-def _prepare_output(cfg: ScoreConfig) -> tuple[Layout, int]:
-    """Clear the output when overwriting; write this run's input list (the pipeline's read)."""
+def _output_error(exc: OSError, cfg: ScoreConfig) -> OutputError:
+    """What is wrong with output.uri, in one line: not a folder, not writable, or not reachable."""
+    text = str(exc)
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, (NotADirectoryError, FileExistsError)) or "Not a directory" in text:
+        what = "is not a folder (it, or a folder above it, is a file)"
+    elif isinstance(exc, PermissionError) or re.search(r"ACCESS_DENIED|Read-only file system|HTTP status 403", text):
+        what = "is not writable"
+    else:
+        what = f"is not reachable (output.storage; retry_attempts={cfg.output.storage.retry_attempts})"
+    return OutputError(f"output.uri={cfg.output.uri!r} {what}: {type(exc).__name__}: {first}")
+
+
+def _rewrite_without(fs, path: str, drop) -> int:
+    """Rewrite one Parquet file without the rows where `drop(table)` is true (deleted when none is left;
+    written beside it under a `_` name, then moved over it); returns the rows dropped."""
+    import pyarrow.compute as pc
+
+    table = pq.read_table(path, filesystem=fs)
+    mask = drop(table)
+    dropped = pc.sum(mask).as_py() or 0
+    if dropped == table.num_rows:
+        fs.delete_file(path)
+    elif dropped:
+        folder, name = path.rsplit("/", 1)
+        scratch = f"{folder}/_rewrite-{name}"
+        pq.write_table(table.filter(pc.invert(mask)), scratch, filesystem=fs)
+        fs.move(scratch, path)
+    return dropped
+
+
+def _drop_error_rows(layout: Layout) -> tuple[int, int]:
+    """output.mode=retry-errors: drop the output's error rows, and the inputs that have no scored row from
+    Ray Data's checkpoint, so that this run (a resume) scores them again and writes each once.
+
+    The checkpoint goes first: a run stopped in between leaves error rows, which the next retry-errors
+    run drops. Returns (error rows dropped, inputs to score again)."""
+    import pyarrow.compute as pc
     from pyarrow import fs as pafs
 
-    fs, root = resolve_fs(cfg.output.uri, cfg.output.storage)
-    if cfg.output.mode == "overwrite" and fs.get_file_info(root).type != pafs.FileType.NotFound:
-        fs.delete_dir(root)
+    parts = sorted(_parts(layout))
+    errored: set[str] = set()
+    scored: set[str] = set()
+    for part in parts:
+        table = pq.read_table(part, columns=["path", "error_kind"], filesystem=layout.fs)
+        for path, kind in zip(table.column("path").to_pylist(), table.column("error_kind").to_pylist()):
+            (scored if kind is None else errored).add(path)
+    again = pa.array(sorted(errored - scored), pa.string())
+    selector = pafs.FileSelector(layout.checkpoint, allow_not_found=True)
+    for info in layout.fs.get_file_info(selector):
+        if info.path.endswith(".parquet") and not info.path.endswith(".pending.parquet"):  # committed ones
+            _rewrite_without(layout.fs, info.path, lambda t: pc.is_in(t.column("path"), value_set=again))
+    dropped = sum(_rewrite_without(layout.fs, part, lambda t: pc.is_valid(t.column("error_kind"))) for part in parts)
+    log.info("output.mode=retry-errors: %d error rows dropped, %d inputs to score again", dropped, len(again))
+    return dropped, len(again)
+
+
+def _prepare_output(cfg: ScoreConfig, uris: list[str]) -> Layout:
+    """Check output.uri, clear it when overwriting (drop its error rows for retry-errors) and write this
+    run's input list (the pipeline's read). Raises OutputError naming what is wrong with the output."""
+    from pyarrow import fs as pafs
+
+    try:
+        fs, root = resolve_fs(cfg.output.uri, cfg.output.storage)
+    except ValueError as e:
+        raise OutputError(f"output.uri={cfg.output.uri!r}: {e}") from e
     layout = Layout(fs, root)
-    fs.create_dir(layout.inputs, recursive=True)
-    uris = list_inputs(cfg.input)
-    table = pa.table({"path": pa.array(uris, pa.string())})
-    pq.write_table(table, join_path(layout.inputs, "inputs.parquet"), filesystem=fs, row_group_size=1024)
-    return layout, len(uris)
+    try:
+        kind = fs.get_file_info(root).type
+        if kind == pafs.FileType.File:
+            raise NotADirectoryError(f"{root} is a file")
+        if cfg.output.mode == "overwrite" and kind != pafs.FileType.NotFound:
+            fs.delete_dir(root)
+        fs.create_dir(layout.inputs, recursive=True)
+        if cfg.output.mode == "retry-errors":
+            _drop_error_rows(layout)
+        table = pa.table({"path": pa.array(uris, pa.string())})
+        pq.write_table(table, join_path(layout.inputs, "inputs.parquet"), filesystem=fs, row_group_size=1024)
+    except OSError as e:
+        raise _output_error(e, cfg) from e
+    return layout
+
+
+def _committed_rows(layout: Layout) -> int:
+    """Inputs whose output part is committed (Ray Data renames `<id>.pending.parquet` once it is written)."""
+    from pyarrow import fs as pafs
+
+    infos = layout.fs.get_file_info(pafs.FileSelector(layout.checkpoint, allow_not_found=True))
+    done = [i.path for i in infos if i.path.endswith(".parquet") and not i.path.endswith(".pending.parquet")]
+    return sum(pq.read_metadata(p, filesystem=layout.fs).num_rows for p in done)
 
 
 def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
@@ -99,6 +180,7 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
         batch_size=cfg.decode.batch_size,
         num_cpus=cfg.decode.num_cpus,
         batch_format="numpy",
+        **read_retry_args(),  # the input store down past the SDK's retries: Ray runs the task again
     )
     if cfg.scorer != "llm-iqa":  # a trained single-score model: whole images, one actor pool
         ds = ds.map_batches(TrainedScoreStage, fn_constructor_args=(cfg,), **_actor_args(cfg.score))
@@ -149,18 +231,22 @@ def _rows_in(layout: Layout, parts: set[str]) -> int:
 def run_score(cfg: ScoreConfig) -> RunSummary:
     """Run the scoring job end to end; returns (and writes into the manifest) the run's summary.
 
-    Raises StorageError (one clear message) when the output store stays down past its retry budget.
+    The inputs are listed and the output checked before Ray or any model starts (InputError,
+    OutputError). Raises StorageError (one clear message) when the input or output store stays down
+    past its retry budget.
     """
     import ray.data
 
+    uris = list_inputs(cfg.input)
+    layout = _prepare_output(cfg, uris)
     ensure_ray(cfg.ray, cpus_needed(cfg))
     configure_io_retries()
     ctx = ray.data.DataContext.get_current()
     previous = ctx.checkpoint_config, ctx.use_datasource_v2
     try:
-        return _run_score(cfg)
-    except Exception as exc:  # fault tolerance (issue 8): name the storage failure, not a Ray trace
-        err = storage_error(exc, cfg.output.uri, f"output.storage.retry_attempts={cfg.output.storage.retry_attempts}")
+        return _run_score(cfg, layout, len(uris))
+    except Exception as exc:  # name the storage failure, not a Ray trace
+        err = storage_error(exc, cfg)
         if err is None:
             raise
         raise err from exc
@@ -168,7 +254,7 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
         ctx.checkpoint_config, ctx.use_datasource_v2 = previous
 
 
-def _run_score(cfg: ScoreConfig) -> RunSummary:
+def _run_score(cfg: ScoreConfig, layout: Layout, n_inputs: int) -> RunSummary:
     started = time.time()
     if cfg.scorer == "llm-iqa":
         provenance = model_provenance(cfg)
@@ -176,7 +262,6 @@ def _run_score(cfg: ScoreConfig) -> RunSummary:
     else:
         model_ids = [scorer_id(cfg)]
         provenance = {"scorer": {"model_id": model_ids[0], "weights": "trained checkpoint"}}
-    layout, n_inputs = _prepare_output(cfg)
     before = _parts(layout)
     ds = build_pipeline(cfg, layout, model_ids)
     ds.write_parquet(layout.root, filesystem=layout.fs)
@@ -187,14 +272,26 @@ def _run_score(cfg: ScoreConfig) -> RunSummary:
     return summary
 
 
+def _interrupted(cfg: ScoreConfig) -> str:
+    """The one line printed on Ctrl-C: what is written and how to go on."""
+    try:
+        fs, root = resolve_fs(cfg.output.uri, cfg.output.storage)
+        written = f"{_committed_rows(Layout(fs, root))} rows are committed to {cfg.output.uri}"
+    except (OSError, ValueError):
+        written = f"the committed Parquet parts in {cfg.output.uri} are kept"
+    again = "the same command with output.mode=resume" if cfg.output.mode == "overwrite" else "the same command again"
+    return f"interrupted: {written}; run {again} to score the rest."
+
+
 def main_score(config_path: str | None, overrides: list[str]) -> int:
-    """`rayiqa score`: load the config, run, print the summary."""
+    """`rayiqa score`: load the config, run, print the summary (Ctrl-C: one line, exit 130)."""
     from rayiqa.config import load_config
 
+    cfg = load_config(ScoreConfig, config_path, overrides)
     try:
-        summary = run_score(load_config(ScoreConfig, config_path, overrides))
-    except StorageError as e:
-        print(f"storage error: {e}", file=sys.stderr)
-        return 3
+        summary = run_score(cfg)
+    except KeyboardInterrupt:
+        print(_interrupted(cfg), file=sys.stderr)
+        return 130
     print(summary.render())
     return 0
