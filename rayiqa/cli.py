@@ -35,7 +35,14 @@ def _run_job(args: argparse.Namespace) -> int:
 def _eval_scores(args: argparse.Namespace) -> int:
     from rayiqa.evaluate import evaluate_files
 
-    print(evaluate_files(args.predictions, args.mos, args.mos_column, args.key, args.score_column).render())
+    try:
+        agreement = evaluate_files(args.predictions, args.mos, args.mos_column, args.key, args.score_column)
+    except (ValueError, FileNotFoundError) as e:  # a missing file or column, nothing to join
+        if args.debug:
+            raise
+        print(f"eval error: {e}", file=sys.stderr)
+        return 2
+    print(agreement.render())
     return 0
 
 
@@ -49,6 +56,7 @@ def _add_job(sub: argparse._SubParsersAction, words: tuple[str, ...]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayiqa", description="No-reference image quality assessment on Ray.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure (user errors print one line)")
     sub = p.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for words in JOBS:
@@ -73,9 +81,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        known = next(((label, code) for kind, (label, code) in _user_errors().items() if isinstance(e, kind)), None)
+        if known is None or args.debug:
+            raise
+        print(f"{known[0]}: {e}", file=sys.stderr)
+        return known[1]
+
+
+def _user_errors() -> dict[type, tuple[str, int]]:
+    """Failures that are the user's to fix -> (label, exit code): printed in a line or two naming the key,
+    without a traceback (`--debug` shows it)."""
+    from rayiqa.data import DatasetError
+    from rayiqa.io.errors import InputError, OutputError, StorageError
+
+    return {
+        ConfigError: ("config error", 2),
+        InputError: ("input error", 2),
+        OutputError: ("output error", 2),
+        DatasetError: ("dataset error", 2),
+        StorageError: ("storage error", 3),
+    }
 
 
 def job_main(command: list[str]) -> None:
