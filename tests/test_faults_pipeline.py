@@ -1,7 +1,7 @@
-"""Fault tolerance of the scoring job on a real local Ray (issue 8): a scorer or adapter actor killed
-mid-run, the driver killed mid-run and the command run again, a model that raises on one image, and an
-object store (moto) that goes away for a few seconds or for good. Every run must end with each
-input exactly once in the output.
+"""Fault tolerance of the scoring job on a real local Ray: a scorer or adapter actor killed mid-run, the
+driver killed mid-run and the command run again, a model that raises on one image, an output store
+(moto) that goes away for a few seconds or for good, the same for the input store, and a re-run that
+re-scores a finished output's error rows. Every run must end with each input exactly once in the output.
 """
 from __future__ import annotations
 
@@ -339,3 +339,116 @@ def test_dead_object_store_fails_clearly_and_keeps_what_was_written(ray_local, m
     resumed = run_score(_s3_cfg(moto_s3, "permanent"))  # the same run resumed: the remainder only
     _assert_each_input_once(_s3_rows(cfg), inputs)
     assert resumed.rows == len(inputs) and 0 < resumed.new_rows <= len(inputs) - seen["committed"]
+
+
+# ---- 5. the input store (moto) read through Ray's decode tasks: a blip, then an outage ----------
+
+
+def _upload_inputs(moto, n: int) -> list[str]:
+    """The first n bundled samples as s3://BUCKET/in/<name>; returns their URIs."""
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=moto.storage.endpoint_url, region_name="us-east-1", aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+    )
+    local = list_inputs(InputConfig(uri="builtin:samples", limit=n))
+    for path in local:
+        client.put_object(Bucket=BUCKET, Key=f"in/{Path(path).name}", Body=Path(path).read_bytes())
+    return sorted(f"s3://{BUCKET}/in/{Path(p).name}" for p in local)
+
+
+def _s3_input_cfg(moto, out: Path, *extra: str) -> ScoreConfig:
+    storage = [f"input.storage.{k}={v}" for k, v in moto.storage.model_dump(exclude_none=True).items() if k != "anon"]
+    return load_config(ScoreConfig, None, [f"input.uri=s3://{BUCKET}/in", f"output.uri={out}", *FAST, *storage, *extra])
+
+
+def _stop_store_once_listed(moto, out: Path, n_inputs: int, outage_s: float | None):
+    """A fault for `beside_the_job`: the input store goes down as soon as the run has listed its
+    n_inputs inputs (before any decode task reads one), for `outage_s` seconds (None: for good)."""
+    listed = out / "_inputs" / "inputs.parquet"
+
+    def inputs_written() -> bool:
+        try:
+            return pq.read_metadata(listed).num_rows == n_inputs
+        except (FileNotFoundError, OSError):  # not there yet, or caught mid-write
+            return False
+
+    def outage(job_done: threading.Event) -> dict:
+        _wait_for(inputs_written, "the run's input list")
+        seen = {"committed": _committed_rows(pafs.LocalFileSystem(), str(out)), "job_done": job_done.is_set()}
+        moto.stop()
+        if outage_s is not None:
+            time.sleep(outage_s)
+            moto.restart()
+        return seen
+
+    return outage
+
+
+def test_s3_inputs_survive_a_store_blip(ray_local, moto_s3, tmp_path):
+    """Inputs read from S3 by Ray's decode tasks; the store stops for 4 s as the run starts reading:
+    the SDK's retries (and Ray Data's task retries) ride it out, and no image becomes a read_error."""
+    inputs = _upload_inputs(moto_s3, 12)
+    out = tmp_path / "out"
+    cfg = _s3_input_cfg(moto_s3, out)
+    with beside_the_job(_stop_store_once_listed(moto_s3, out, len(inputs), outage_s=4)) as seen:
+        summary = run_score(cfg)
+    assert not seen["job_done"] and seen["committed"] == 0  # down before the first image was scored
+    rows = pq.read_table(out).to_pylist()
+    _assert_each_input_once(rows, inputs)
+    assert summary.errors == {} and summary.rows == summary.new_rows == len(inputs)
+    print(f"\ninput-store blip: {len(inputs)} inputs, {summary.scored} scored, errors {summary.errors}")
+
+
+def test_dead_input_store_stops_the_run_and_a_resume_scores_the_missing_ones(ray_local, moto_s3, tmp_path):
+    """A first run scores 5 of the inputs; the second (all 12) finds the input store gone for good: one
+    storage error naming input.uri and input.storage, no error rows written; once the store is back the
+    same command scores exactly the 7 missing inputs."""
+    inputs = _upload_inputs(moto_s3, 12)
+    out = tmp_path / "out"
+    first = run_score(_s3_input_cfg(moto_s3, out, "input.limit=5"))
+    assert first.rows == first.scored == 5
+    cfg = _s3_input_cfg(moto_s3, out, "input.storage.retry_attempts=1")
+    with beside_the_job(_stop_store_once_listed(moto_s3, out, len(inputs), outage_s=None)) as seen, \
+            pytest.raises(StorageError) as failed:
+        run_score(cfg)
+    message = str(failed.value)
+    assert f"input.uri='s3://{BUCKET}/in'" in message and "input.storage.retry_attempts=1" in message
+    assert "StoreUnavailable" in message and "NETWORK_CONNECTION" in message and len(message.splitlines()) <= 3
+    before = pq.read_table(out).to_pylist()
+    assert all(r["error_kind"] is None for r in before)  # nothing final was written for the unread images
+    committed_before = _committed_rows(pafs.LocalFileSystem(), str(out))
+
+    moto_s3.restart()
+    resumed = run_score(_s3_input_cfg(moto_s3, out))
+    rows = pq.read_table(out).to_pylist()
+    _assert_each_input_once(rows, inputs)
+    assert resumed.new_rows == len(inputs) - committed_before
+    print(f"\ninput-store outage: {len(inputs)} inputs; committed before the outage run {seen['committed']}, "
+          f"after it {committed_before} (rows on disk {len(before)}); the resume scored {resumed.new_rows}, "
+          f"output now {resumed.rows} rows, {resumed.unique_paths} unique, errors {resumed.errors}")
+
+
+# ---- 6. output.mode=retry-errors ---------------------------------------------------------------
+
+
+def test_retry_errors_rescores_error_rows_and_keeps_each_input_once(ray_local, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    good = sorted(p for p in samples_dir().iterdir() if p.suffix == ".jpg")[:4]
+    for p in good:
+        shutil.copy(p, src / p.name)
+    (src / "later.jpg").write_bytes(b"not yet an image")  # an error row on the first run
+    out = tmp_path / "out"
+    first = run_score(load_config(ScoreConfig, None, [f"input.uri={src}", f"output.uri={out}", *FAST]))
+    assert first.errors == {"not_an_image": 1} and first.scored == 4
+    scores_before = {r["path"]: r["score"] for r in pq.read_table(out).to_pylist() if r["score"] is not None}
+
+    shutil.copy(good[0], src / "later.jpg")  # the file is fixed
+    again = run_score(load_config(ScoreConfig, None, [f"input.uri={src}", f"output.uri={out}", *FAST,
+                                                      "output.mode=retry-errors"]))
+    rows = pq.read_table(out).to_pylist()
+    _assert_each_input_once(rows, [str(p) for p in sorted(src.iterdir())])
+    assert again.new_rows == 1 and again.errors == {} and again.rows == 5
+    by_path = {r["path"]: r["score"] for r in rows}
+    assert all(by_path[p] == s for p, s in scores_before.items())  # the other rows are untouched
+    assert by_path[str(src / "later.jpg")] == pytest.approx(by_path[str(src / good[0].name)], abs=1e-6)
