@@ -46,6 +46,23 @@ def _eval_scores(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from rayiqa.report import write_report
+
+    try:
+        agreement = None
+        if args.mos:
+            from rayiqa.evaluate import evaluate_files
+
+            agreement = evaluate_files(args.output, args.mos, args.mos_column, args.key)
+        uri = write_report(args.output, args.out, args.n, agreement, args.mos_column)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"report error: {e}", file=sys.stderr)
+        return 2
+    print(f"report written: {uri}" + (f"\nopen it in a browser: file://{uri}" if "://" not in uri else ""))
+    return 0
+
+
 def _add_job(sub: argparse._SubParsersAction, words: tuple[str, ...]) -> None:
     p = sub.add_parser(words[-1], help=JOBS[words][2])
     p.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: all defaults")
@@ -73,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--score-column", default="score")
     e.add_argument("--key", default="name", choices=["name", "path"], help="join on file name or full path")
     e.set_defaults(func=_eval_scores)
+    r = sub.add_parser("report", help="a static HTML report of a score run: scores, errors, the best and worst images' evidence")
+    r.add_argument("output", help="the score run's output.uri (local or s3://)")
+    r.add_argument("--out", help="folder for report.html and its PNGs (default: OUTPUT/_report)")
+    r.add_argument("-n", type=int, default=8, help="images shown in each of the lowest / highest lists (1-24)")
+    r.add_argument("--mos", help="CSV or Parquet of human scores: adds score vs MOS and SRCC/KRCC/PLCC/RMSE")
+    r.add_argument("--mos-column", default="mos")
+    r.add_argument("--key", default="name", choices=["name", "path"], help="join with --mos on file name or full path")
+    r.set_defaults(func=_report)
     return p
 
 
