@@ -48,27 +48,56 @@ def _rect(shape, y0, y1, x0, x1):
     return m
 
 
+def _algorithm1(masks, shape, t):
+    """Algorithm 1 end to end on hand-made masks: the kept masks, then the remain mask if any."""
+    kept = llm_iqa.select_masks([int(m.sum()) for m in masks], shape, t)
+    covered = np.zeros(shape, bool)
+    for i in kept:
+        covered |= masks[i]
+    remain = llm_iqa.remain_mask(covered, t)
+    return [masks[i] for i in kept] + ([] if remain is None else [remain])
+
+
 def test_algorithm1_threshold_and_complement():
     shape = (10, 10)
     big = _rect(shape, 0, 5, 0, 6)  # 30 px
     small = _rect(shape, 8, 9, 8, 10)  # 2 px
-    out = llm_iqa.select_masks([big, small], shape, t=0.05)  # t*area = 5 px
+    assert llm_iqa.select_masks([30, 2], shape, t=0.05) == [0]  # t*area = 5 px
+    out = _algorithm1([big, small], shape, t=0.05)
     assert len(out) == 2
     assert np.array_equal(out[0], big)
     assert out[1].sum() == 70 and not (out[1] & big).any()  # the complement of the kept masks only
     assert out[1][8, 8]  # the dropped small mask's pixels belong to the complement
-    assert len(llm_iqa.select_masks([big, small], shape, t=0.05, complement=False)) == 1
 
 
 def test_algorithm1_small_complement_dropped_and_no_masks_gives_whole_image():
     shape = (10, 10)
     almost = _rect(shape, 0, 10, 0, 9)  # 90 px, complement 10 px
-    assert len(llm_iqa.select_masks([almost], shape, t=0.2)) == 1  # 10 px < 20 px threshold
-    assert len(llm_iqa.select_masks([almost], shape, t=0.1)) == 2  # 10 px >= 10 px
+    assert len(_algorithm1([almost], shape, t=0.2)) == 1  # 10 px < 20 px threshold
+    assert len(_algorithm1([almost], shape, t=0.1)) == 2  # 10 px >= 10 px
     full = np.ones(shape, bool)
-    assert len(llm_iqa.select_masks([full], shape, t=0.0)) == 1  # empty complement never added
-    whole = llm_iqa.select_masks([], shape, t=0.5)
+    assert len(_algorithm1([full], shape, t=0.0)) == 1  # empty complement never added
+    whole = _algorithm1([], shape, t=0.5)
     assert len(whole) == 1 and whole[0].all()
+
+
+@pytest.mark.parametrize(("t", "shape", "pixels"), [(0.07, (100, 100), 700), (0.02, (384, 256), 1967), (0.1, (3, 7), 3)])
+def test_algorithm1_threshold_in_whole_pixels(t, shape, pixels):
+    assert llm_iqa.min_area(t, shape) == pixels
+    assert llm_iqa.select_masks([pixels, pixels - 1], shape, t) == [0]
+    covered = np.zeros(shape, bool).ravel()
+    covered[: shape[0] * shape[1] - pixels] = True  # a remain mask of exactly the threshold's area
+    assert llm_iqa.remain_mask(covered.reshape(shape), t).sum() == pixels
+    covered[shape[0] * shape[1] - pixels] = True  # one pixel less
+    assert llm_iqa.remain_mask(covered.reshape(shape), t) is None
+
+
+def test_area_equal_to_a_threshold_that_is_not_exactly_representable_is_kept():
+    assert 0.07 * 100 * 100 > 700  # the float product lies just above the 700 pixels t means
+    shape = (100, 100)
+    mask = _rect(shape, 0, 7, 0, 100)  # 700 px
+    out = _algorithm1([mask], shape, t=0.07)
+    assert len(out) == 2 and np.array_equal(out[0], mask) and out[1].sum() == 9300
 
 
 def test_bbox_and_crops():

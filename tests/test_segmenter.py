@@ -31,14 +31,15 @@ def shapes_image(h: int = 120, w: int = 200) -> np.ndarray:
     return img
 
 
-@pytest.fixture(scope="module")
-def seg() -> Sam2Segmenter:
-    return Sam2Segmenter(TINY, seed=0)
+@pytest.fixture(scope="module", params=["fast", "sam2"])
+def seg(request) -> Sam2Segmenter:
+    return Sam2Segmenter(TINY.model_copy(update={"generator": request.param}), seed=0)
 
 
 @pytest.fixture(scope="module")
 def seg_masks(seg: Sam2Segmenter) -> list[np.ndarray]:
-    return seg.masks(shapes_image())
+    found = seg.masks(shapes_image())
+    return [found.mask(i) for i in range(len(found))]
 
 
 def test_tiny_is_the_real_sam2_at_256_with_random_weights(seg):
@@ -51,27 +52,36 @@ def test_tiny_is_the_real_sam2_at_256_with_random_weights(seg):
     assert next(seg.model.parameters()).device.type == expected
 
 
-def test_masks_are_boolean_at_input_resolution_largest_first(seg_masks):
+def test_masks_are_boolean_at_input_resolution_largest_first(seg, seg_masks):
     assert len(seg_masks) >= 1
     for m in seg_masks:
-        assert m.dtype == np.bool_ and m.shape == (120, 200)
+        assert m.dtype == np.bool_ and m.shape == (120, 200) and m.any()
     areas = [int(m.sum()) for m in seg_masks]
     assert areas == sorted(areas, reverse=True)
+    found = seg.masks(shapes_image())
+    assert found.areas.tolist() == areas
+    for m, box in zip(seg_masks, found.boxes.tolist()):
+        ys, xs = np.nonzero(m)
+        assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert np.array_equal(found.covered(list(range(len(found)))), np.logical_or.reduce(seg_masks))
+    assert not found.covered([]).any()
 
 
-def test_no_mask_passing_the_thresholds_gives_an_empty_list():
+@pytest.mark.parametrize("generator", ["fast", "sam2"])
+def test_no_mask_passing_the_thresholds_gives_none(generator):
     # iou predictions go through a sigmoid, so none can exceed a threshold of 1.0
-    strict = Sam2Segmenter(TINY.model_copy(update={"pred_iou_thresh": 1.0}), seed=0)
-    assert strict.masks(shapes_image()) == []
+    strict = Sam2Segmenter(TINY.model_copy(update={"pred_iou_thresh": 1.0, "generator": generator}), seed=0)
+    found = strict.masks(shapes_image())
+    assert len(found) == 0 and found.boxes.shape == (0, 4) and not found.covered([]).any()
 
 
 def test_same_seed_same_model_and_masks_other_seed_differs(seg, seg_masks):
-    twin = Sam2Segmenter(TINY, seed=0)
+    twin = Sam2Segmenter(TINY.model_copy(update={"generator": seg.kind}), seed=0)
     for (name, a), b in zip(seg.model.state_dict().items(), twin.model.state_dict().values()):
         assert torch.equal(a, b), name
     again = twin.masks(shapes_image())
     assert len(again) == len(seg_masks)
-    assert all(np.array_equal(a, b) for a, b in zip(again, seg_masks))
+    assert all(np.array_equal(again.mask(i), b) for i, b in enumerate(seg_masks))
     other = Sam2Segmenter(TINY, seed=1)
     w0 = seg.model.sam_mask_decoder.iou_prediction_head.layers[0].weight
     assert not torch.equal(w0, other.model.sam_mask_decoder.iou_prediction_head.layers[0].weight)
@@ -126,7 +136,14 @@ def test_unknown_preset_and_missing_checkpoint_are_clear_errors(tmp_path):
 def test_min_mask_region_area_without_opencv_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # find_spec reports a None entry as absent
     with pytest.raises(ValueError, match="min_mask_region_area > 0 needs OpenCV"):
-        Sam2Segmenter(SegmenterConfig(min_mask_region_area=100))
+        Sam2Segmenter(SegmenterConfig(generator="sam2", min_mask_region_area=100))
+
+
+@pytest.mark.parametrize("key", ["crop_n_layers", "min_mask_region_area"])
+def test_what_only_sam2s_generator_does_is_a_config_error_for_the_fast_one(key):
+    with pytest.raises(ValueError, match=f"segmenter.{key} > 0 needs segmenter.generator: sam2"):
+        SegmenterConfig(**{key: 1})
+    assert getattr(SegmenterConfig(generator="sam2", **{key: 1}), key) == 1
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ s = s_global + lambda * s_local with a mean over an MLLM ensemble (3.2), and Eq.
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Literal, Sequence
 
 import numpy as np
@@ -81,27 +83,24 @@ def level_score(
     raise ValueError(f"readout must be 'expectation' or 'argmax', got {readout!r}")
 
 
-def select_masks(
-    raw_masks: Sequence[np.ndarray], shape: tuple[int, int], t: float, complement: bool = True
-) -> list[np.ndarray]:
-    """Algorithm 1: keep masks with area >= t (t as a fraction of the image area), then add the
-    mask of the pixels no kept mask covers when its area is >= t (and non-empty)."""
-    min_area = t * shape[0] * shape[1]
-    final = [np.asarray(m, dtype=bool) for m in raw_masks if m.sum() >= min_area]
-    if complement:
-        remain = complement_of(final, shape)
-        area = int(remain.sum())
-        if area > 0 and area >= min_area:
-            final.append(remain)
-    return final
+def min_area(t: float, shape: tuple[int, int]) -> int:
+    """Algorithm 1's threshold t (a fraction of the image area) in whole pixels: the least area >= t*H*W,
+    with t read as written (0.07 is 7/100, whose float product with 100*100 is 700.0000000000001)."""
+    return math.ceil(Fraction(repr(float(t))) * shape[0] * shape[1])
 
 
-def complement_of(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Pixels covered by none of `masks` (the intersection of their negations)."""
-    covered = np.zeros(shape, dtype=bool)
-    for m in masks:
-        covered |= m
-    return ~covered
+def select_masks(areas: Sequence[int], shape: tuple[int, int], t: float) -> list[int]:
+    """Algorithm 1's loop: the indices of the raw masks with m.area >= t (areas in pixels)."""
+    least = min_area(t, shape)
+    return [i for i, area in enumerate(areas) if area >= least]
+
+
+def remain_mask(covered: np.ndarray, t: float) -> np.ndarray | None:
+    """Algorithm 1's remain_mask, the pixels no kept mask covers (`covered`: their union), when its
+    area is >= t and it is not empty; else None."""
+    remain = ~covered
+    area = int(remain.sum())
+    return remain if area > 0 and area >= min_area(t, covered.shape) else None
 
 
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:

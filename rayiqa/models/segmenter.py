@@ -3,8 +3,9 @@ granularity, set through SAM2AutomaticMaskGenerator's own knobs).
 
 One code path for every preset: build the SAM2.1 model from the package's shipped Hydra config,
 load a checkpoint if there is one (local path or object-storage URI, copied to a local cache; never
-downloaded from the internet), and wrap it in the package's mask generator. "tiny" is the real
-hiera_t model with seeded random weights at image size 256, for tests and offline demos.
+downloaded from the internet), and wrap its predictor in a mask generator: the fast one
+(rayiqa.models.mask_generator) or the package's own. "tiny" is the real hiera_t model with seeded
+random weights at image size 256, for tests and offline demos.
 """
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ import torch
 from pyarrow import fs as pafs
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2
+from sam2.sam2_image_predictor import SAM2ImagePredictor
+from sam2.utils.amg import batched_mask_to_box
 
 from rayiqa.config import SegmenterConfig
+from rayiqa.models.mask_generator import FastMaskGenerator, KeptMasks
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +115,31 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+class DenseMasks:
+    """SAM2AutomaticMaskGenerator's masks (full-size boolean arrays) behind KeptMasks' interface."""
+
+    def __init__(self, masks: list[np.ndarray], shape: tuple[int, int]) -> None:
+        self.shape = shape
+        self._masks = masks
+        self.areas = np.asarray([int(m.sum()) for m in masks], dtype=np.int64)
+        inclusive = batched_mask_to_box(torch.from_numpy(np.stack(masks))).numpy() if masks else np.zeros((0, 4))
+        self.boxes = (inclusive + [0, 0, 1, 1]).astype(np.int32)  # end-exclusive
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def mask(self, i: int) -> np.ndarray:
+        return self._masks[i]
+
+    def covered(self, index: list[int]) -> np.ndarray:
+        out = np.zeros(self.shape, dtype=bool)
+        for i in index:
+            out |= self._masks[i]
+        return out
+
+
 class Sam2Segmenter:
-    """Boolean object masks for one RGB image from SAM2's automatic mask generator."""
+    """Object masks for one RGB image: areas and boxes at the input's resolution, masks on demand."""
 
     def __init__(self, cfg: SegmenterConfig, seed: int = 0, cache_dir: Path = DEFAULT_CACHE) -> None:
         if cfg.min_mask_region_area > 0 and importlib.util.find_spec("cv2") is None:
@@ -123,6 +150,7 @@ class Sam2Segmenter:
         spec = resolve_spec(cfg)
         ckpt = str(fetch_checkpoint(spec.checkpoint, cache_dir)) if spec.checkpoint else None
         self.model_id = spec.model_id
+        self.kind = cfg.generator
         self.weights = "pretrained" if ckpt else "random-init"
         self.device = resolve_device(cfg.device)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
@@ -135,17 +163,23 @@ class Sam2Segmenter:
             )
         if self.weights == "random-init":
             log.warning("SAM2 %s runs on random weights (seed %d): masks mean nothing", self.model_id, seed)
-        self.generator = SAM2AutomaticMaskGenerator(
-            self.model,
-            points_per_side=cfg.points_per_side,
+        thresholds = dict(
             points_per_batch=cfg.points_per_batch,
             pred_iou_thresh=cfg.pred_iou_thresh,
             stability_score_thresh=cfg.stability_score_thresh,
             box_nms_thresh=cfg.box_nms_thresh,
-            crop_n_layers=cfg.crop_n_layers,
-            min_mask_region_area=cfg.min_mask_region_area,
-            output_mode="binary_mask",
         )
+        if cfg.generator == "fast":
+            self.generator = FastMaskGenerator(SAM2ImagePredictor(self.model), cfg.points_per_side, **thresholds)
+        else:
+            self.generator = SAM2AutomaticMaskGenerator(
+                self.model,
+                points_per_side=cfg.points_per_side,
+                crop_n_layers=cfg.crop_n_layers,
+                min_mask_region_area=cfg.min_mask_region_area,
+                output_mode="binary_mask",
+                **thresholds,
+            )
         # The predictor hard-codes the feature sizes of a 1024 input; derive them from this model.
         self.generator.predictor._bb_feat_sizes = backbone_feat_sizes(
             self.model.image_size,
@@ -154,8 +188,8 @@ class Sam2Segmenter:
             self.model.image_encoder.trunk.q_stride[0],
         )
 
-    def masks(self, image: np.ndarray) -> list[np.ndarray]:
-        """Boolean HxW masks at the input's resolution, largest area first; [] when SAM2 finds none.
+    def masks(self, image: np.ndarray) -> KeptMasks | DenseMasks:
+        """Non-empty masks at the input's resolution, largest area first (none when SAM2 keeps none).
 
         Raises ValueError for anything but an RGB uint8 HxWx3 array with H, W > 0.
         """
@@ -165,6 +199,10 @@ class Sam2Segmenter:
             raise ValueError(f"segmenter expects an RGB uint8 HxWx3 array, got {got}")
         if 0 in image.shape[:2]:
             raise ValueError(f"segmenter got an empty image of shape {image.shape}")
-        records = self.generator.generate(image)
+        if self.kind == "fast":
+            return self.generator.generate(image)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            records = self.generator.generate(image)
+        records = [r for r in records if r["area"] > 0]
         records.sort(key=lambda r: r["area"], reverse=True)
-        return [np.asarray(r["segmentation"], dtype=bool) for r in records]
+        return DenseMasks([np.asarray(r["segmentation"], dtype=bool) for r in records], image.shape[:2])

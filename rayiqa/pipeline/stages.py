@@ -122,13 +122,30 @@ def decode_batch(batch: dict, input_cfg: InputConfig) -> dict:
 
 
 class SegmentStage:
-    """SAM2 automatic masks -> Algorithm 1 -> crop boxes, mask areas (and packed masks if cropping by mask)."""
+    """SAM2 automatic masks -> Algorithm 1 -> crop boxes, mask areas (and packed masks if cropping by mask).
+
+    Kept masks travel as areas and boxes; a full-size mask is drawn only for the complement and for
+    `crop: mask`, so memory follows the input image, not the number of SAM2's candidate masks."""
 
     def __init__(self, seg_cfg: SegmenterConfig, method: LLMIQAConfig):
         from rayiqa.models.segmenter import Sam2Segmenter
 
         self.segmenter = Sam2Segmenter(seg_cfg)
         self.method = method
+
+    def _crops(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """(boxes, areas, masks to pack) of Algorithm 1's final masks for one image."""
+        found = self.segmenter.masks(image)
+        t, by_mask = self.method.area_threshold, self.method.crop == "mask"
+        kept = llm_iqa.select_masks(found.areas, image.shape[:2], t)
+        boxes, areas = list(found.boxes[kept]), list(found.areas[kept])
+        masks = [found.mask(i) for i in kept] if by_mask else []
+        remain = llm_iqa.remain_mask(found.covered(kept), t) if self.method.complement else None
+        if remain is not None:
+            boxes.append(llm_iqa.bbox(remain))
+            areas.append(int(remain.sum()))
+            masks += [remain] if by_mask else []
+        return np.asarray(boxes, dtype=np.int32).reshape(-1, 4), np.asarray(areas, dtype=np.int64), masks
 
     def __call__(self, batch: dict) -> dict:
         # Rebuild the per-row list columns: Ray may hand them over stacked as one ndarray.
@@ -137,14 +154,11 @@ class SegmentStage:
             if not _ok(batch, i):
                 continue
             try:
-                raw = self.segmenter.masks(image)
-                masks = llm_iqa.select_masks(raw, image.shape[:2], self.method.area_threshold, self.method.complement)
+                boxes[i], areas[i], masks = self._crops(image)
             except Exception as exc:  # a model failure on one image is that image's error
                 _set_error(batch, i, "segment_error", exc)
                 continue
-            boxes[i] = np.asarray([llm_iqa.bbox(m) for m in masks], dtype=np.int32).reshape(-1, 4)
-            areas[i] = np.asarray([int(m.sum()) for m in masks], dtype=np.int64)
-            if self.method.crop == "mask" and masks:
+            if masks:
                 packed[i] = np.stack([np.packbits(m, axis=None) for m in masks])
         batch["boxes"], batch["areas"], batch["masks"] = map(object_column, (boxes, areas, packed))
         return batch
