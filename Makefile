@@ -26,6 +26,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/rayiqa score configs/score.yaml
+	$(VENV)/bin/rayiqa report out/scores --mos rayiqa/assets/samples/labels.csv --mos-column ssim
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -m "not vllm"
