@@ -21,7 +21,8 @@ Apply = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
 
 
 def _gaussian_blur(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    return img_as_ubyte(filters.gaussian(img_as_float(image), sigma=sigma, channel_axis=-1))
+    blurred = filters.gaussian(img_as_float(image), sigma=sigma, channel_axis=-1)
+    return img_as_ubyte(np.clip(blurred, 0.0, 1.0))  # float rounding can leave a hair above 1
 
 
 def _motion_blur(image: np.ndarray, length: float, rng: np.random.Generator) -> np.ndarray:
