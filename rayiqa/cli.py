@@ -57,7 +57,7 @@ def _report(args: argparse.Namespace) -> int:
             agreement = evaluate_files(args.output, args.mos, args.mos_column, args.key)
         uri = write_report(args.output, args.out, args.n, agreement, args.mos_column)
     except (ValueError, FileNotFoundError) as e:
-        print(f"report error: {e}", file=sys.stderr)
+        print(f"report error: {'no such file or folder: ' if isinstance(e, FileNotFoundError) else ''}{e}", file=sys.stderr)
         return 2
     print(f"report written: {uri}" + (f"\nopen it in a browser: file://{uri}" if "://" not in uri else ""))
     return 0

@@ -44,11 +44,11 @@ class Shown:
 
 
 def _table(header: list[str], rows: list[list[str]], table_id: str = "") -> str:
-    """An HTML table from already-escaped cells (a cell starting with '<td' is taken as is)."""
-    head = "".join(f"<th>{h}</th>" for h in header)
+    """An HTML table from already-escaped cells (a cell starting with '<td' is taken as is); no header row if none."""
+    head = f"<tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>" if header else ""
     body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     ident = f' id="{table_id}"' if table_id else ""
-    return f"<table{ident}><tr>{head}</tr>{body}</table>"
+    return f"<table{ident}>{head}{body}</table>"
 
 
 def _num(value: object, fmt: str = "") -> str:
@@ -81,7 +81,7 @@ def _run_section(output_uri: str, manifest: dict | None, data: RunData) -> str:
     warn = ""
     if manifest.get("weights") == "random-init":
         warn = '<p class="warn">This run used models with <b>random weights</b> (tiny presets): its scores are not image quality, only a check that the pipeline runs.</p>'
-    return (f'<section id="run"><h2>Run</h2>{warn}{_table(["", ""], rows)}<h3>Models</h3>'
+    return (f'<section id="run"><h2>Run</h2>{warn}{_table([], rows, "run-table")}<h3>Models</h3>'
             f'{_table(["role", "model", "weights", "source", "settings"], models, "models")}</section>')
 
 
@@ -163,15 +163,15 @@ def render(output_uri: str, manifest: dict | None, data: RunData, figures: dict[
         _run_section(output_uri, manifest, data),
         _errors_section(data),
         f'<section id="scores"><h2>Scores</h2>{_figures(score_figs) if score_figs else "<p>No scored rows.</p>"}</section>',
-        _images_section("worst", f"The {len(shown['worst'])} lowest scores", shown["worst"], manifest),
-        _images_section("best", f"The {len(shown['best'])} highest scores", shown["best"], manifest),
     ]
+    if agreement is not None:
+        parts.append(_mos_section(agreement, mos_column, figures["mos"]))
     tta = [(figures[k], k) for k in ("tta_scatter", "tta_batches") if k in figures]
     if tta:
         parts.append('<section id="tta"><h2>Test-time adaptation</h2><p class="note">Base: the source backbone; '
                      'adapted: after the group-contrastive steps on its batch. Clusters: the top / bottom images of '
                      f'each batch by the ranking score.</p>{_figures(tta)}</section>')
-    if agreement is not None:
-        parts.append(_mos_section(agreement, mos_column, figures["mos"]))
+    parts += [_images_section("worst", f"The {len(shown['worst'])} lowest scores", shown["worst"], manifest),
+              _images_section("best", f"The {len(shown['best'])} highest scores", shown["best"], manifest)]
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>rayiqa report: {esc(output_uri)}</title>'
             f'<style>{STYLE}</style></head><body>{"".join(parts)}</body></html>\n')

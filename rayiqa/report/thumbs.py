@@ -18,6 +18,7 @@ from rayiqa.io.sources import read_image
 THUMB_SIDE = 256  # longest side in pixels
 BOX_COLOURS = ((255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 128, 0), (0, 255, 0))
 BOX_WIDTH = 2
+LABEL_STEP = 13  # pixels between stacked crop-score labels (11 px font)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -45,15 +46,22 @@ def annotate(thumb: Image.Image, scale: float, boxes: list[list[int]], scores: l
     out = thumb.copy()
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default(size=11)
+    labels: list[tuple[int, int, int, int]] = []
     for i, (box, score) in enumerate(zip(boxes, scores)):
         colour = BOX_COLOURS[i % len(BOX_COLOURS)]
         rect = box_in_thumbnail(box, scale)
         draw.rectangle(rect, outline=colour, width=BOX_WIDTH)
-        label = f"{score:.2f}"
-        x, y = rect[0] + BOX_WIDTH + 1, rect[1] + BOX_WIDTH + 1
-        draw.rectangle(draw.textbbox((x, y), label, font=font), fill=(0, 0, 0))
-        draw.text((x, y), label, fill=colour, font=font)
+        text, x, y = f"{score:.2f}", rect[0] + BOX_WIDTH + 1, rect[1] + BOX_WIDTH + 1
+        while any(_overlaps(draw.textbbox((x, y), text, font=font), other) for other in labels):
+            y += LABEL_STEP  # crops with the same corner (SAM2 often finds the whole image twice): stack the labels
+        labels.append(draw.textbbox((x, y), text, font=font))
+        draw.rectangle(labels[-1], fill=(0, 0, 0))
+        draw.text((x, y), text, fill=colour, font=font)
     return out
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def placeholder(kind: str) -> Image.Image:
