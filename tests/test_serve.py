@@ -4,11 +4,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import http.client
 import http.server
 import io
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,6 +24,8 @@ from rayiqa.config.serve import ServeConfig
 KEY_ENV = "RAYIQA_TEST_API_KEY"
 KEY = "s3cret-test-key"
 LLM_DEPLOYMENT = "model-llm-iqa"
+FETCH_TIMEOUT_S = 3.0  # limits.fetch_timeout_s of the test endpoint
+STALL_S = 40.0  # how long the S3 proxy holds a request for a key under slow/
 
 
 def free_port() -> int:
@@ -53,7 +58,9 @@ def serve_test_config(port: int, s3_endpoint: str, grmp_checkpoint: str) -> Serv
         "limits.max_bytes=300000",
         "limits.max_pixels=1000000",
         "limits.max_images=8",
+        f"limits.fetch_timeout_s={FETCH_TIMEOUT_S}",
         f"auth.api_key_env={KEY_ENV}",
+        "fetch.allow_hosts=[127.0.0.1]",  # the test's image server (an internal host, so listed)
         f"storage={{endpoint_url: '{s3_endpoint}', region: us-east-1, key: testing, secret: testing}}",
         "models.llm-iqa.method.segmentation=false",
         "models.llm-iqa.deployment={min_replicas: 1, max_replicas: 2, target_ongoing_requests: 1, "
@@ -68,21 +75,74 @@ def serve_test_config(port: int, s3_endpoint: str, grmp_checkpoint: str) -> Serv
     return load_config(ServeConfig, "configs/serve.yaml", overrides)
 
 
+class Files(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; /to-localhost/NAME redirects to the same server under the name `localhost`."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/to-localhost/"):
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/{self.path.split('/', 2)[2]}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+
 @pytest.fixture(scope="module")
 def image_server(tmp_path_factory):
     """A plain HTTP server for https?:// image URIs (serves a temp folder on 127.0.0.1)."""
     root = tmp_path_factory.mktemp("www")
     (root / "ok.png").write_bytes(png_bytes(40, 40, 7))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler = functools.partial(Files, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
 
+def stalling_proxy(upstream: str) -> http.server.ThreadingHTTPServer:
+    """An HTTP proxy on 127.0.0.1 in front of `upstream` (moto) that holds any request for a key under
+    slow/ for STALL_S seconds before answering 503: an S3 store that has stopped answering."""
+    target = upstream.removeprefix("http://")
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if "/slow/" in self.path:
+                time.sleep(STALL_S)
+                status, headers, payload = 503, {}, b""
+            else:
+                conn = http.client.HTTPConnection(target, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                resp = conn.getresponse()
+                status, headers, payload = resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+                conn.close()
+            self.send_response(status)
+            for k, v in headers.items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", headers.get("content-length", "0") if self.command == "HEAD" else str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A moto S3 server holding s3://imgs/ok.png."""
+    """A moto S3 server holding s3://imgs/ok.png (and slow/*.png, which the endpoint reaches only through
+    the stalling proxy whose address it gets)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -94,7 +154,10 @@ def s3(tmp_path_factory):
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     client.create_bucket(Bucket="imgs")
     client.put_object(Bucket="imgs", Key="ok.png", Body=png_bytes(40, 40, 7))
-    yield endpoint
+    client.put_object(Bucket="imgs", Key="slow/a.png", Body=png_bytes(40, 40, 7))
+    proxy = stalling_proxy(endpoint)
+    yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    proxy.shutdown()
     server.stop()
 
 
@@ -161,7 +224,10 @@ def direct_global_score(image_bytes: bytes) -> float:
 
 def test_health_docs_and_models(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert "swagger" in client.get("/docs").text.lower()
+    docs = client.get("/docs").text
+    assert "swagger" in docs.lower() and "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    js = client.get("/docs-assets/swagger-ui-bundle.js")  # served by the endpoint itself: /docs works offline
+    assert js.status_code == 200 and len(js.content) > 100_000
     spec = client.get("/openapi.json").json()
     content = spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]
     assert set(content) == {"application/json", "multipart/form-data"}
@@ -213,6 +279,85 @@ def test_s3_and_http_uris(client, image_server):
     assert scores[0] == pytest.approx(scores[2], abs=1e-6) and scores[1] == pytest.approx(scores[2], abs=1e-6)
 
 
+def test_internal_addresses_are_not_fetched(client, image_server, endpoint):
+    """Hosts outside fetch.allow_hosts are refused before any connection, redirects included; nothing the
+    server fetched is echoed back."""
+    base, _ = endpoint
+    port = base.rsplit(":", 1)[1]
+    for uri, words in [
+        (f"http://localhost:{port}/healthz", "not in fetch.allow_hosts"),  # the endpoint's own health check
+        ("http://169.254.169.254/latest/meta-data/", "not in fetch.allow_hosts"),  # cloud metadata
+        (f"{image_server}/to-localhost/ok.png", "'localhost' is not in fetch.allow_hosts"),  # a redirect, re-checked
+        ("file:///etc/passwd", "uri must be"),
+    ]:
+        r = client.post("/v1/score", json={"model": "llm-iqa", "images": [{"uri": uri}]})
+        assert r.status_code == 400 and words in r.json()["detail"], (uri, r.text)
+    own = client.post("/v1/score", json={"model": "llm-iqa", "images": [{"uri": f"{image_server}/healthz-ish"}]})
+    assert own.status_code == 400 and "answered 404" in own.json()["detail"]
+    text = client.post("/v1/score", json={"model": "llm-iqa", "images": [{"uri": f"{image_server}/"}]})  # an HTML listing
+    assert text.status_code == 415 and "html" not in text.text.lower()
+
+
+def test_slow_s3_fetches_time_out_and_do_not_stall_other_requests(endpoint):
+    """Eight requests for objects behind a store that stopped answering end in 504 after
+    limits.fetch_timeout_s; an ordinary request sent while they wait is answered long before they would."""
+    base, _ = endpoint
+    headers = {"X-API-Key": KEY}
+
+    def timed(body: dict) -> tuple[int, float, str]:
+        started = time.monotonic()
+        r = httpx.post(f"{base}/v1/score", json=body, headers=headers, timeout=STALL_S * 3)
+        return r.status_code, time.monotonic() - started, r.text
+
+    slow = {"model": "llm-iqa", "images": [{"uri": "s3://imgs/slow/a.png"}]}
+    normal = {"model": "llm-iqa", "images": [b64(png_bytes(24, 24, 3))]}
+    with ThreadPoolExecutor(9) as pool:
+        stalled = [pool.submit(timed, slow) for _ in range(8)]
+        time.sleep(0.5)
+        ordinary = pool.submit(timed, normal).result(timeout=STALL_S * 3)
+        slow_results = [f.result(timeout=STALL_S * 3) for f in stalled]
+    assert ordinary[0] == 200, ordinary
+    assert ordinary[1] < STALL_S / 4, ordinary  # it did not wait for the stalled fetches
+    for code, seconds, text in slow_results:
+        assert code == 504 and "limits.fetch_timeout_s" in text, text
+        assert seconds < STALL_S / 2  # bounded by the fetch timeout, not by the store
+
+
+def test_chunked_body_over_the_limit_is_cut_while_read(endpoint):
+    """A body sent without Content-Length (chunked) is refused once it passes the limits, not after."""
+    base, cfg = endpoint
+    limits = cfg.limits
+    allowed = limits.max_images * (limits.max_bytes * 4 // 3 + 4) + (1 << 20)
+    sent = 0
+
+    def chunks():
+        nonlocal sent
+        yield b'{"model": "llm-iqa", "images": [{"base64": "'
+        while sent < 3 * allowed:
+            sent += 1 << 16
+            yield b"A" * (1 << 16)
+        yield b'"}]}'
+
+    try:
+        r = httpx.post(f"{base}/v1/score", content=chunks(), timeout=120,
+                       headers={"X-API-Key": KEY, "content-type": "application/json"})
+        assert r.status_code == 413 and "allowed by the limits" in r.json()["detail"], r.text
+    except httpx.TransportError:  # the server may close the connection while the client still sends
+        pass
+    assert httpx.get(f"{base}/healthz", timeout=60).status_code == 200
+
+
+def test_api_key_is_in_no_ray_log(endpoint, client):
+    """The key reaches the ingress as a salted hash: no file of the session's log folder contains it."""
+    import ray
+
+    assert client.post("/v1/score", json={"model": "llm-iqa", "images": [b64(png_bytes(16, 16, 1))]}).status_code == 200
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert files
+    assert [str(p) for p in files if KEY.encode() in p.read_bytes()] == []
+
+
 def test_tta_adapts_batches_and_restores_the_source_model(client):
     images = [png_bytes(32 + 4 * i, 32, 10 + i) for i in range(8)]
     first = client.post("/v1/score", json={"model": "tta-tiny-cnn", "adapt": False, "images": [b64(images[0])]})
@@ -248,6 +393,7 @@ def test_tta_adapts_batches_and_restores_the_source_model(client):
         ({"json": {"model": "llm-iqa", "images": [b64(png_bytes(1001, 1000, None))]}}, 413, "too_large"),
         ({"json": {"model": "llm-iqa", "images": [{"uri": "/etc/passwd"}]}}, 400, "uri must be"),
         ({"json": {"model": "llm-iqa", "images": [{"uri": "s3://imgs/missing.png"}]}}, 400, "read_error"),
+        ({"json": {"model": "llm-iqa", "images": [{"uri": "http://10.0.0.1/a.png"}]}}, 400, "fetch.allow_hosts"),
         ({"json": {"model": "llm-iqa", "images": [{"base64": "AA==", "uri": "s3://imgs/ok.png"}]}}, 422, "exactly one"),
         ({"json": {"images": [b64(b"x")]}}, 422, "model"),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "invalid ScoreRequest"),
@@ -350,6 +496,8 @@ def test_prometheus_metrics_count_requests_and_errors_per_model(endpoint):
                           headers=headers, timeout=60)
         assert good.status_code == 200
     httpx.post(f"{base}/v1/score", json={"model": "no-such-model", "images": [b64(b"x")]}, headers=headers, timeout=60)
+    for i in range(3):  # unknown paths collapse into one series
+        assert httpx.get(f"{base}/no/such/path-{i}", timeout=60).status_code == 404
     port = ray._private.worker.global_worker.node.metrics_export_port
     deadline, text = time.monotonic() + 120, ""
     while time.monotonic() < deadline:
@@ -362,3 +510,11 @@ def test_prometheus_metrics_count_requests_and_errors_per_model(endpoint):
     assert ok and sum(float(ln.rsplit(" ", 1)[1]) for ln in ok) >= 3
     assert any(ln.startswith("ray_rayiqa_errors") and 'model="unknown"' in ln and 'code="404"' in ln for ln in lines)
     assert any(ln.startswith("ray_rayiqa_request_latency_ms_bucket") and 'model="llm-iqa"' in ln for ln in lines)
+    ours = [ln for ln in lines if ln.startswith("ray_rayiqa_requests")]
+    assert any('endpoint="/v1/score"' in ln for ln in ours)  # the route template is the label
+    deadline = time.monotonic() + 60
+    while not any('endpoint="unmatched"' in ln for ln in ours) and time.monotonic() < deadline:
+        time.sleep(2)
+        ours = [ln for ln in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text.splitlines()
+                if ln.startswith("ray_rayiqa_requests")]
+    assert any('endpoint="unmatched"' in ln for ln in ours) and not any("path-" in ln for ln in ours)

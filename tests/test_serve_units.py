@@ -1,8 +1,11 @@
-"""The serving layer's pure parts, without Ray: config validation, deployment options, input checks."""
+"""The serving layer's pure parts, without Ray: config validation, deployment options, input checks,
+start-up refusals, which addresses a fetch may reach."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -10,8 +13,9 @@ from fastapi import HTTPException
 from PIL import Image
 
 from rayiqa.config import ConfigError, load_config
-from rayiqa.config.serve import DeploymentConfig, LimitsConfig, ServeConfig
-from rayiqa.serve.app import decode_b64, to_image
+from rayiqa.config.serve import DeploymentConfig, FetchConfig, LimitsConfig, ServeConfig
+from rayiqa.serve.app import check_exposure, decode_b64, to_image
+from rayiqa.serve.fetch import checked_address, is_public
 from rayiqa.serve.metrics import status_class
 from rayiqa.serve.tta import to_tensor_batch
 
@@ -79,3 +83,58 @@ def test_tta_batches_are_resized_floats_in_unit_range():
     x = to_tensor_batch(images, 8)
     assert tuple(x.shape) == (2, 3, 8, 8)
     assert float(x[0].min()) == pytest.approx(1.0) and float(x[1].max()) == 0.0
+
+
+def test_serve_is_closed_by_default_and_refuses_an_open_interface_without_a_key(monkeypatch, caplog):
+    default = load_config(ServeConfig, "configs/serve.yaml")
+    assert default.http.host == "127.0.0.1" and default.auth.api_key_env is None
+    check_exposure(default)  # loopback, no key: fine
+    with pytest.raises(ConfigError, match=r"http.host='0.0.0.0' serves other machines, but auth.api_key_env is null"):
+        check_exposure(load_config(ServeConfig, "configs/serve.yaml", ["http.host=0.0.0.0"]))
+    check_exposure(load_config(ServeConfig, "configs/serve.yaml", ["http.host=0.0.0.0", "auth.api_key_env=K"]))
+    with caplog.at_level(logging.WARNING, logger="rayiqa.serve.app"):
+        check_exposure(load_config(ServeConfig, "configs/serve.yaml", ["http.host=0.0.0.0", "auth.open=true"]))
+    assert "WITHOUT an API key" in caplog.text
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["http.host=0.0.0.0"], "config error: http.host='0.0.0.0' serves other machines"),
+    (["auth.api_key_env=RAYIQA_UNSET_KEY_VAR"], "config error: auth.api_key_env='RAYIQA_UNSET_KEY_VAR': that environment variable is unset or empty"),
+])
+def test_serve_start_up_errors_are_one_line_before_ray(overrides, words, monkeypatch, capsys):
+    from rayiqa import cli
+    from rayiqa.pipeline import runtime
+
+    monkeypatch.delenv("RAYIQA_UNSET_KEY_VAR", raising=False)
+    monkeypatch.setattr(runtime, "ensure_ray", lambda *a, **k: pytest.fail("Ray started for a refused config"))
+    assert cli.main(["serve", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == words or (err.startswith(words) and len(err.splitlines()) <= 2), err
+
+
+@pytest.mark.parametrize("address, public", [
+    ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("::1", False), ("fe80::1", False),
+    ("fd00:ec2::254", False), ("::ffff:127.0.0.1", False), ("224.0.0.1", False),
+    ("93.184.216.34", True), ("2606:4700:4700::1111", True),
+])
+def test_only_global_addresses_are_public(address, public):
+    assert is_public(address) is public
+
+
+def test_fetch_targets_are_checked_after_resolution():
+    def check(url: str, fetch: FetchConfig = FetchConfig()) -> str:
+        return asyncio.run(checked_address(url, 0, fetch))
+
+    for url in ["http://localhost:8000/healthz", "http://127.0.0.1/", "http://169.254.169.254/latest/", "http://[::1]:80/"]:
+        with pytest.raises(HTTPException) as err:
+            check(url)
+        assert err.value.status_code == 400 and "non-public address" in err.value.detail
+    assert check("http://93.184.216.34/a.png") == "93.184.216.34"  # a literal public address resolves offline
+    # an allowlist admits its hosts, internal ones included, and nothing else
+    allow = FetchConfig(allow_hosts=["localhost"])
+    assert check("http://localhost:9/a.png", allow) in ("127.0.0.1", "::1")
+    with pytest.raises(HTTPException, match="not in fetch.allow_hosts"):
+        check("http://93.184.216.34/a.png", allow)
+    with pytest.raises(HTTPException, match="uri must be"):
+        check("ftp://93.184.216.34/a.png")

@@ -88,7 +88,8 @@ ModelConfig = Annotated[Union[LLMIQAModelConfig, TTAModelConfig, PluginModelConf
 
 
 class HTTPConfig(Section):
-    host: str = "0.0.0.0"  # where Serve's HTTP proxy listens
+    # where Serve's HTTP proxy listens; another address than loopback needs auth.api_key_env (or auth.open)
+    host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     route_prefix: str = "/"
 
@@ -99,11 +100,19 @@ class LimitsConfig(Section):
     max_bytes: int = Field(default=20_000_000, gt=0)  # encoded bytes per image
     max_pixels: int = Field(default=40_000_000, gt=0)  # decoded width x height per image
     max_images: int = Field(default=8, gt=0)  # images per request
-    fetch_timeout_s: float = Field(default=10.0, gt=0)  # https:// image fetches
+    fetch_timeout_s: float = Field(default=10.0, gt=0)  # bounds each s3:// or http(s):// image fetch, retries included
 
 
 class AuthConfig(Section):
     api_key_env: str | None = None  # name of the env var holding the API key; null: no auth
+    open: bool = False  # true: serve a non-loopback http.host without an API key (a warning at start)
+
+
+class FetchConfig(Section):
+    """Which remote images a request may name. http(s) hosts must resolve to public addresses."""
+
+    allow_hosts: list[str] | None = None  # null: any public host; a list: only these (which may be internal)
+    allow_buckets: list[str] | None = None  # s3:// buckets; null: any the storage credentials can read
 
 
 class ServeConfig(Section):
@@ -114,6 +123,7 @@ class ServeConfig(Section):
     ingress: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(num_cpus=0.25, max_ongoing_requests=64))
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)  # for s3:// image URIs
     models: dict[str, ModelConfig] = Field(
         default_factory=lambda: {"llm-iqa": LLMIQAModelConfig(), "tta-tiny-cnn": TTAModelConfig()}, min_length=1

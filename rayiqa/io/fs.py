@@ -115,8 +115,12 @@ def resolve_fs(uri: str, storage: StorageConfig) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), path
 
 
-def resolve_fsspec(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
-    """An fsspec filesystem (for `find`/`glob` listings) and the path inside it for `uri`."""
+def resolve_fsspec(
+    uri: str, storage: StorageConfig, timeout_s: float | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """An fsspec filesystem (for `find`/`glob` listings, and the endpoint's fetches: s3fs runs every
+    request on one asyncio loop, so stalled ones hold no thread of the others) and the path inside it
+    for `uri`; `timeout_s` bounds each S3 connect and read."""
     scheme, path = split_uri(uri)
     if scheme != "s3":
         return fsspec.filesystem("file"), path
@@ -129,7 +133,8 @@ def resolve_fsspec(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFil
         anon=opts.anon,
         endpoint_url=opts.endpoint_url,
         client_kwargs={"region_name": opts.region} if opts.region else None,
-        config_kwargs={"retries": {"max_attempts": opts.retry_attempts, "mode": "standard"}},
+        config_kwargs={"retries": {"max_attempts": opts.retry_attempts, "mode": "standard"}}
+        | ({"connect_timeout": timeout_s, "read_timeout": timeout_s} if timeout_s else {}),
         use_listings_cache=False,  # a listing must see objects written since the last one
     )
     return fs, path

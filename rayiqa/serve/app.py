@@ -2,33 +2,42 @@
 
 Routes: `POST /v1/score` (multipart files, or JSON with base64 / s3:// / https:// images),
 `POST|GET /v1/requirements` (PromptIQA), `GET /v1/models`, `GET /healthz`; OpenAPI at `/docs`.
-Client mistakes get a 4xx with a `detail` message (400 bad base64 / URI, 401 auth, 404 unknown
-model or requirement, 413 over a limit, 415 not an image, 422 malformed request); a request whose
-model replica dies under it gets a 503 with Retry-After. The ingress decodes every image with
+Client mistakes get a 4xx with a `detail` message (400 bad base64 / URI or an internal address,
+401 auth, 404 unknown model or requirement, 413 over a limit, 415 not an image, 422 malformed
+request); a request whose model replica dies under it, or whose s3:// store is down, gets a 503
+with Retry-After, and a remote image not fetched within limits.fetch_timeout_s a 504. Remote
+fetches follow `rayiqa.serve.fetch`. The ingress decodes every image with
 `rayiqa.io.decode.decode_image` before any model sees it.
 """
 
 import asyncio
 import base64
 import binascii
+import hashlib
 import importlib
+import ipaddress
 import logging
 import os
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from rayiqa.config import load_config
+from rayiqa.config import ConfigError, load_config
 from rayiqa.config.serve import LimitsConfig, PluginModelConfig, ServeConfig
 from rayiqa.io.decode import decode_image
+from rayiqa.io.errors import ERROR_KINDS
+from rayiqa.serve import fetch as remote
 from rayiqa.serve.base import UnknownRequirement
 from rayiqa.serve.metrics import EndpointMetrics
 
@@ -45,6 +54,8 @@ REQUIREMENT_KINDS = frozenset({"promptiqa"})
 DECODE_STATUS = {"too_large": 413, "too_many_bytes": 413}  # other decode failures: 415
 FORM_OVERHEAD_BYTES = 1 << 20  # allowance for multipart/JSON framing in the Content-Length check
 RETRY_AFTER_S = 1  # Retry-After of a 503 for a request whose model replica died (another one takes it)
+FETCH_THREADS = 16  # per ingress replica: s3:// reads wait here, never in the threads that decode images
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's files, served from the swagger-ui-bundle package (no CDN)
 
 
 class ImageInput(BaseModel):
@@ -107,29 +118,28 @@ def to_image(data: bytes, index: int, limits: LimitsConfig) -> np.ndarray:
     if len(data) > limits.max_bytes:
         raise client_error(413, f"image {index}: {len(data)} bytes > max_bytes {limits.max_bytes}")
     res = decode_image(data, limits.max_pixels)
-    if not res.ok:
-        raise client_error(DECODE_STATUS.get(res.error_kind, 415), f"image {index}: {res.error_kind}: {res.error}")
+    if not res.ok:  # no bytes echoed back: an image may have been fetched from anywhere the server reaches
+        reason = ERROR_KINDS["not_an_image"] if res.error_kind == "not_an_image" else res.error
+        raise client_error(DECODE_STATUS.get(res.error_kind, 415), f"image {index}: {res.error_kind}: {reason}")
     return res.image
 
 
 class Ingress:
     """Routes requests to the model deployments' handles; holds no model itself."""
 
-    def __init__(self, cfg: ServeConfig, handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, cfg: ServeConfig, handles: dict[str, DeploymentHandle], key_digest: tuple[str, str] | None = None) -> None:
         self.cfg = cfg
         self.handles = handles
-        self.api_key: str | None = None
-        if cfg.auth.api_key_env:
-            self.api_key = os.environ.get(cfg.auth.api_key_env)
-            if not self.api_key:
-                raise RuntimeError(f"auth.api_key_env={cfg.auth.api_key_env!r} is set but that variable is empty")
+        self.key_digest = key_digest  # (salt, sha256(salt + key)) in hex: the key itself never leaves the driver
+        self.fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
 
     def check_key(self, request: Request) -> None:
         """401 unless the request carries the API key (`Authorization: Bearer KEY` or `X-API-Key`)."""
-        if self.api_key is None:
+        if self.key_digest is None:
             return
         given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-        if not secrets.compare_digest(given.encode(), self.api_key.encode()):
+        salt, digest = self.key_digest
+        if not secrets.compare_digest(key_digest(given, salt)[1], digest):
             raise client_error(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key')")
 
     def handle_for(self, request: Request, model: str, needs_requirements: bool = False) -> DeploymentHandle:
@@ -140,56 +150,69 @@ class Ingress:
             raise client_error(400, f"model {model!r} ({self.cfg.models[model].kind}) takes no requirements")
         return self.handles[model]
 
-    def check_length(self, request: Request) -> None:
+    def limited(self, request: Request) -> Request:
+        """The request with its body bounded by the limits: a declared Content-Length over them is a 413
+        at once, and any body (chunked or not) is cut with a 413 as soon as it is read past them."""
         limits = self.cfg.limits
         allowed = limits.max_images * (limits.max_bytes * 4 // 3 + 4) + FORM_OVERHEAD_BYTES
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > allowed:
             raise client_error(413, f"request body of {length} bytes > {allowed} allowed by the limits")
+        received = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal received
+            message = await request.receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > allowed:
+                    raise client_error(413, f"request body larger than the {allowed} bytes allowed by the limits")
+            return message
+
+        return Request(request.scope, receive)
 
     async def fetch(self, image: ImageInput, index: int) -> bytes:
-        """The bytes of one JSON image: base64, an s3:// object or an http(s) URL (never a server path)."""
+        """The bytes of one JSON image: base64, an s3:// object or an http(s) URL (never a server path);
+        a remote fetch is bounded by limits.fetch_timeout_s (504 past it)."""
         if image.base64 is not None:
             return decode_b64(image.base64, index, self.cfg.limits)
         uri = image.uri
         scheme = uri.partition("://")[0].lower() if "://" in uri else ""
+        timeout = self.cfg.limits.fetch_timeout_s
         if scheme in ("s3", "s3a"):
-            return await asyncio.to_thread(self.read_s3, uri, index)
-        if scheme in ("http", "https"):
-            return await self.read_http(uri, index)
-        raise client_error(400, f"image {index}: uri must be s3:// or http(s)://, got {uri!r}")
+            remote.check_bucket(uri, index, self.cfg.fetch)
+            pending = asyncio.get_running_loop().run_in_executor(self.fetch_pool, self.read_s3, uri, index)
+        elif scheme in ("http", "https"):
+            pending = remote.read_http(uri, index, self.cfg.limits, self.cfg.fetch)
+        else:
+            raise client_error(400, f"image {index}: uri must be s3:// or http(s)://, got {uri!r}")
+        try:
+            return await asyncio.wait_for(pending, timeout)
+        except asyncio.TimeoutError:
+            raise client_error(504, f"image {index}: {uri} was not fetched within limits.fetch_timeout_s={timeout}") from None
 
     def read_s3(self, uri: str, index: int) -> bytes:
-        from rayiqa.io.fs import resolve_fs
-        from rayiqa.io.sources import read_bytes
+        """One s3:// object, size-checked before download. Through s3fs, not pyarrow: pyarrow's S3 calls
+        share a small I/O pool, so a few stalled requests would hold up every other fetch."""
+        from rayiqa.io.errors import is_permanent
+        from rayiqa.io.fs import resolve_fsspec
 
         try:
-            fs, path = resolve_fs(uri, self.cfg.storage)
+            fs, path = resolve_fsspec(uri, self.cfg.storage, timeout_s=self.cfg.limits.fetch_timeout_s)
         except ValueError as e:
             raise client_error(400, f"image {index}: {e}") from None
-        data, kind, msg = read_bytes(uri, fs, path, self.cfg.limits.max_bytes)
-        if data is None:
-            raise client_error(413 if kind == "too_many_bytes" else 400, f"image {index}: {kind}: {msg}")
-        return data
-
-    async def read_http(self, uri: str, index: int) -> bytes:
-        import httpx
-
-        limit = self.cfg.limits.max_bytes
         try:
-            async with httpx.AsyncClient(timeout=self.cfg.limits.fetch_timeout_s, follow_redirects=True) as client:
-                async with client.stream("GET", uri) as resp:
-                    if resp.status_code != 200:
-                        raise client_error(400, f"image {index}: GET {uri} answered {resp.status_code}")
-                    chunks, size = [], 0
-                    async for chunk in resp.aiter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise client_error(413, f"image {index}: {uri} is larger than max_bytes {limit}")
-                        chunks.append(chunk)
-        except httpx.HTTPError as e:
-            raise client_error(400, f"image {index}: cannot fetch {uri}: {type(e).__name__}: {e}") from None
-        return b"".join(chunks)
+            size = fs.size(path)
+            if size > self.cfg.limits.max_bytes:
+                raise client_error(413, f"image {index}: too_many_bytes: {uri}: {size} bytes > max_bytes {self.cfg.limits.max_bytes}")
+            return fs.cat_file(path)
+        except HTTPException:
+            raise
+        except Exception as e:  # s3fs: FileNotFoundError / PermissionError, or botocore's connection errors
+            if is_permanent(e):
+                raise client_error(400, f"image {index}: read_error: {uri}: {type(e).__name__}") from None
+            raise HTTPException(503, f"image {index}: the store of {uri} is unavailable; retry",
+                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
 
     async def json_images(self, images: list[ImageInput]) -> list[np.ndarray]:
         if len(images) > self.cfg.limits.max_images:
@@ -217,7 +240,7 @@ class Ingress:
 
     async def score(self, request: Request) -> dict[str, Any]:
         self.check_key(request)
-        self.check_length(request)
+        request = self.limited(request)
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             req, images = await self.form_request(request)
@@ -248,8 +271,7 @@ class Ingress:
 
     async def add_requirement(self, request: Request) -> dict[str, Any]:
         self.check_key(request)
-        self.check_length(request)
-        req = validate(RequirementRequest, await request.body())
+        req = validate(RequirementRequest, await self.limited(request).body())
         handle = self.handle_for(request, req.model, needs_requirements=True)
         if len(req.images) != len(req.scores):
             raise client_error(422, f"{len(req.images)} images but {len(req.scores)} scores")
@@ -279,7 +301,18 @@ app = FastAPI(
     title="rayiqa",
     version="0.1.0",
     description="No-reference image quality scores (LLM-IQA, LLM-TTA backbones, PromptIQA, GRMP-IQA) on Ray Serve.",
+    docs_url=None,  # /docs below serves Swagger UI from local files, not from a CDN
+    redoc_url=None,
 )
+
+
+def _swagger_assets() -> str:
+    import swagger_ui_bundle
+
+    return swagger_ui_bundle.swagger_ui_path
+
+
+app.mount(DOCS_ASSETS, StaticFiles(directory=_swagger_assets()), name="docs-assets")
 _metrics: list[EndpointMetrics] = []  # one per replica process, made on its first request
 
 
@@ -293,9 +326,10 @@ async def observe(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
         code = response.status_code
         return response
-    finally:
+    finally:  # the route template, not the raw path: unknown paths are one series, "unmatched"
+        route = getattr(request.scope.get("route"), "path", "unmatched")
         model = getattr(request.state, "model", "-")
-        _metrics[0].observe(request.url.path, model, code, 1000 * (time.perf_counter() - started))
+        _metrics[0].observe(route, model, code, 1000 * (time.perf_counter() - started))
 
 
 def _score_openapi() -> dict[str, Any]:
@@ -366,6 +400,15 @@ class IngressDeployment(Ingress):
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Any:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} API",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
 
 def deployment_class(kind: str) -> Any:
     """The deployment class of a model kind (imported on demand, so absent plug-ins cost nothing)."""
@@ -380,11 +423,40 @@ def build_app(cfg: ServeConfig) -> serve.Application:
         options = {"name": f"model-{name}", **model.deployment.serve_options()}
         bound = deployment_class(model.kind).options(**options)
         handles[name] = bound.bind(**model.settings) if isinstance(model, PluginModelConfig) else bound.bind(model)
-    ingress_options = cfg.ingress.serve_options()
-    key_env = cfg.auth.api_key_env
-    if key_env and os.environ.get(key_env):  # hand the driver's key to the ingress replicas only
-        ingress_options["ray_actor_options"]["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
-    return IngressDeployment.options(name="ingress", **ingress_options).bind(cfg, handles)
+    digest = None
+    if cfg.auth.api_key_env:  # the replicas get a salted hash of the key: the key itself is in no Ray log
+        digest = key_digest(api_key(cfg), secrets.token_hex(16))
+    return IngressDeployment.options(name="ingress", **cfg.ingress.serve_options()).bind(cfg, handles, digest)
+
+
+def key_digest(key: str, salt: str) -> tuple[str, str]:
+    """(salt, sha256(salt + key)) in hex: what the ingress compares a request's key against."""
+    return salt, hashlib.sha256(bytes.fromhex(salt) + key.encode()).hexdigest()
+
+
+def api_key(cfg: ServeConfig) -> str:
+    """The API key from the variable that auth.api_key_env names; ConfigError if it is unset or empty."""
+    key = os.environ.get(cfg.auth.api_key_env or "")
+    if not key:
+        raise ConfigError(f"auth.api_key_env={cfg.auth.api_key_env!r}: that environment variable is unset or empty")
+    return key
+
+
+def check_exposure(cfg: ServeConfig) -> None:
+    """Refuse to listen beyond loopback without an API key unless auth.open says so (then warn)."""
+    host = cfg.http.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or cfg.auth.api_key_env:
+        return
+    if not cfg.auth.open:
+        raise ConfigError(
+            f"http.host={host!r} serves other machines, but auth.api_key_env is null: set an API key "
+            "(auth.api_key_env), bind 127.0.0.1, or set auth.open: true to serve without one"
+        )
+    log.warning("rayiqa: serving http://%s:%d WITHOUT an API key (auth.open: true)", host, cfg.http.port)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
@@ -398,6 +470,9 @@ def run_serve(cfg: ServeConfig, blocking: bool = False) -> DeploymentHandle:
     """Start Serve's HTTP proxy on cfg.http and deploy the app (blocking: until interrupted)."""
     from rayiqa.pipeline.runtime import ensure_ray
 
+    check_exposure(cfg)  # before Ray starts: a refused config costs no start-up
+    if cfg.auth.api_key_env:
+        api_key(cfg)
     ensure_ray(cfg.ray)
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
     log.info("rayiqa: deploying %s on http://%s:%d%s (docs at /docs)", sorted(cfg.models), cfg.http.host, cfg.http.port, cfg.http.route_prefix)
