@@ -37,6 +37,14 @@ class InputError(ValueError):
     the message names input.uri or input.storage."""
 
 
+class OutputError(ValueError):
+    """output.uri cannot be used: not a folder, not writable, or its store not reachable."""
+
+
+class StorageError(RuntimeError):
+    """A store kept failing past its retry budget mid-run; the message names the store and the error."""
+
+
 def is_permanent(exc: BaseException) -> bool:
     """Whether a storage error is about the object itself (not found, access denied, not a file)."""
     return isinstance(exc, PERMANENT_OS_ERRORS) or bool(PERMANENT_STORAGE_ERRORS.search(str(exc)))
