@@ -268,3 +268,25 @@ def test_report_of_an_output_and_inputs_in_s3(adapted, tmp_path, monkeypatch):
     assert all(p.startswith("s3://runs/images/") for p in page.paths("worst") + page.paths("best"))
     assert "problem" not in page.card("worst", 1) and "problem" not in page.card("best", 1)  # thumbnails read from S3
     assert int(page.tables["mos-metrics"][1][0]) == 10
+
+
+def test_an_ensembles_histogram_has_one_count_per_model(tmp_path):
+    """Per-model s_k histograms on the ensemble score's bins, from a two-model output written here."""
+    from rayiqa.pipeline.stages import OUTPUT_SCHEMA
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(8.0, 1.0, (50, 2))
+    rows = [{"path": f"/x/{i}.jpg", "score": float(s.mean()), "model_ids": ["a", "b"], "model_scores": s.tolist()}
+            for i, s in enumerate(scores)]
+    rows.append({"path": "/x/bad.jpg", "error_kind": "empty", "error": "the file has 0 bytes", "model_ids": [], "model_scores": []})
+    (tmp_path / "out").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), tmp_path / "out" / "part-0.parquet")
+    data = scan.scan_output(scan.open_output(pafs.LocalFileSystem(), str(tmp_path / "out")), 3)
+    edges = data.hists["score"].edges
+    assert (edges[0], edges[-1]) == (scores.min(), scores.max()) and data.model_ids == ["a", "b"]
+    for m in (0, 1):
+        assert data.hists[f"model {m}"].counts.tolist() == np.histogram(scores[:, m], bins=edges)[0].tolist()
+    assert data.hists["score"].counts.sum() == 50 and data.errors == {"empty": 1}
+    page, folder = _report(tmp_path / "out", "-n", "2", "--out", str(tmp_path / "r"))  # no manifest, no image files
+    assert "No _manifest.json" in page.text and "read_error: " in page.card("worst", 1)  # /x/... is nowhere
+    assert all(Image.open(folder / src).size for src in page.images)

@@ -42,13 +42,13 @@ def _figures(data, agreement, mos_column: str) -> dict[str, bytes]:
     return out
 
 
-def write_report(output_uri: str, out_uri: str | None = None, n: int = 8, agreement=None, mos_column: str = "mos",
-                 storage: StorageConfig | None = None) -> str:
+def write_report(output_uri: str, out_uri: str | None = None, n: int = 8, agreement=None, mos_column: str = "mos") -> str:
     """Write the report of the run in `output_uri` to `out_uri` (default: OUTPUT_URI/_report) and
-    return report.html's URI. `agreement`: the `rayiqa.evaluate.evaluate_files` result to show, or None."""
+    return report.html's URI. `agreement`: the `rayiqa.evaluate.evaluate_files` result to show, or None.
+    S3 options come from the AWS environment, as for `rayiqa eval scores`."""
     if not 1 <= n <= MAX_SHOWN:
         raise ValueError(f"n={n}: show between 1 and {MAX_SHOWN} images per list")
-    storage = storage or StorageConfig()
+    storage = StorageConfig()
     fs, root = resolve_fs(output_uri, storage)
     data = scan_output(open_output(fs, root), n)
     manifest = _read_manifest(fs, root)

@@ -127,7 +127,7 @@ def _card(rank: int, shown: Shown, manifest: dict | None) -> str:
     return (f'<figure class="thumb" data-rank="{rank}" data-path="{esc(r["path"])}">'
             f'<img src="{esc(shown.image)}" alt="{esc(r["path"])}">'
             f'<figcaption><b>#{rank} score {r["score"]:.3f}</b> (global {_fmt(r.get("global_score"))}, '
-            f'local {_fmt(r.get("local_score"))}, {crops} crop{"s" if crops != 1 else ""})<br>'
+            f'local {_fmt(r.get("local_score"))}; {r["width"]}×{r["height"]}, {crops} crop{"s" if crops != 1 else ""})<br>'
             f'<span class="path">{esc(r["path"])}</span>{problem}{_level_bars(r, manifest)}</figcaption></figure>')
 
 

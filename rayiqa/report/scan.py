@@ -24,8 +24,7 @@ TTA_BATCHES = 8  # adaptation batches drawn
 BINS = 40
 PASS1 = ("path", "score", "error_kind", "error", "global_score", "local_score", "model_ids", "model_scores",
          "tta_score", "tta_base_score", "tta_ranker_score", "tta_cluster", "tta_batch")
-DETAIL = ("path", "score", "width", "height", "global_score", "local_score", "model_scores",
-          "crop_boxes", "crop_scores", "global_probs")
+DETAIL = ("path", "score", "width", "height", "global_score", "local_score", "crop_boxes", "crop_scores", "global_probs")
 ORDER = {"worst": "ascending", "best": "descending"}  # ties: by path, ascending
 
 
