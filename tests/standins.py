@@ -1,39 +1,37 @@
-"""Stand-ins that tests pass into pipelines (importable by Ray workers through tests/ on PYTHONPATH)."""
-import numpy as np
+"""Stand-ins that tests put into pipelines (importable by Ray workers through tests/ on PYTHONPATH)."""
+import os
+import tempfile
+from pathlib import Path
+
+from rayiqa.pipeline.stages import ScoreStage
+
+OOM_ONCE_MARKER = Path(tempfile.gettempdir()) / "rayiqa-test-oom-once"
 
 
-class TransformersLevelProbs:
-    """A processor stage with ray.data.llm's output contract (`level_probs`, `level_error`), run by the
-    transformers engine: lets a test check the request-row glue without vLLM."""
+def _first_time(marker: Path) -> bool:
+    """True for exactly one caller across the session's processes (the one that creates `marker`)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
-    def __init__(self, cfg, prompt, image_column, keep_columns):
-        from rayiqa.models.mllm import create_engine
 
-        self.engine = create_engine(cfg.model_copy(update={"engine": "transformers"}))
-        self.prompt, self.image_column, self.keep = prompt, image_column, keep_columns
+class OutOfMemoryOnceScoreStage(ScoreStage):
+    """The score stage whose model runs out of device memory on every request of the first block any
+    actor scores (the marker file says it happened), then works: the job must re-run that block, not
+    write error rows for it."""
 
     def __call__(self, batch):
-        from rayiqa.models.mllm.base import LevelRequest
+        self.failing = _first_time(OOM_ONCE_MARKER)
+        try:
+            return super().__call__(batch)
+        finally:
+            self.failing = False
 
-        probs = self.engine.level_probs([LevelRequest(self.prompt, [im]) for im in batch[self.image_column]])
-        out = {k: batch[k] for k in self.keep}
-        out["level_probs"] = np.empty(len(probs), dtype=object)
-        out["level_probs"][:] = [p.tolist() for p in probs]
-        out["level_error"] = np.asarray([""] * len(probs), dtype=object)
-        return out
+    def _probs(self, images):
+        import torch
 
-
-def transformers_processor(cfg, prompt, image_column, *, keep_columns, concurrency):
-    import ray.data
-
-    def apply(ds):
-        return ds.map_batches(
-            TransformersLevelProbs,
-            fn_constructor_args=(cfg, prompt, image_column, keep_columns),
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=0.5,
-            batch_size=8,
-            batch_format="numpy",
-        )
-
-    return apply
+        if self.failing:
+            raise torch.OutOfMemoryError("CUDA out of memory (stand-in): tried to allocate 2.00 GiB")
+        return super()._probs(images)

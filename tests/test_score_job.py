@@ -76,6 +76,10 @@ def test_job_scores_samples_and_names_each_broken_file(ray_local, tmp_path):
         _check_scored_row(rows[name])
     for name, kind in broken.items():
         assert rows[name]["error_kind"] == kind and rows[name]["score"] is None and rows[name]["error"]
+    # an error row keeps the size its header gave: the truncated 64 x 64 files and the 9000^2 bomb
+    assert (rows["truncated.png"]["width"], rows["truncated.png"]["height"]) == (64, 64)
+    assert (rows["bomb_9000.png"]["width"], rows["bomb_9000.png"]["height"]) == (9000, 9000)
+    assert (rows["empty.jpg"]["width"], rows["empty.jpg"]["height"]) == (0, 0)
     for name, expected in tricky.items():  # odd modes (CMYK, 16-bit, palette, EXIF...) are scored
         _check_scored_row(rows[name])
         assert (rows[name]["height"], rows[name]["width"]) == expected.shape[:2]
@@ -113,3 +117,26 @@ def test_two_model_ensemble_averages_and_whole_image_mode(ray_local, tmp_path):
         assert row["model_scores"] == pytest.approx([np.asarray(p) @ np.arange(1, 8) for p in row["global_probs"]])
         assert np.isfinite(row["score"]) and row["score"] == pytest.approx(np.mean(row["model_scores"]))
         assert row["model_scores"][0] != pytest.approx(row["model_scores"][1])  # different resize -> different input
+
+
+def test_a_model_out_of_memory_is_retried_not_written_as_error_rows(ray_local, tmp_path, monkeypatch):
+    """The model fails once (device out of memory) on a block: Ray Data re-runs that block and every
+    image is scored; no image pays for the model's failure with a model_error row."""
+    from standins import OOM_ONCE_MARKER, OutOfMemoryOnceScoreStage
+
+    from rayiqa.pipeline import stages
+
+    OOM_ONCE_MARKER.unlink(missing_ok=True)
+    monkeypatch.setattr(stages, "ScoreStage", OutOfMemoryOnceScoreStage)  # the class the job's pool runs
+    cfg = load_config(ScoreConfig, None, ["input.uri=builtin:samples", "input.limit=6", f"output.uri={tmp_path / 'out'}",
+                                          *FAST, "method.segmentation=false", "score.batch_size=2"])
+    try:
+        summary = run_score(cfg)
+    finally:
+        failed_once = OOM_ONCE_MARKER.exists()
+        OOM_ONCE_MARKER.unlink(missing_ok=True)
+    assert failed_once  # the model did fail on a block
+    rows = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted(set(r["path"] for r in rows)) and len(rows) == 6
+    assert all(r["error_kind"] is None and np.isfinite(r["score"]) for r in rows), [r["error"] for r in rows]
+    assert summary.scored == summary.new_rows == 6

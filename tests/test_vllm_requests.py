@@ -50,7 +50,7 @@ def test_engine_kwargs_come_from_the_config() -> None:
         "enforce_eager": False,
         "seed": 0,
     }
-    assert "distributed_executor_backend" not in vllm_engine_kwargs(MLLMConfig(engine="vllm"))
+    assert vllm_engine_kwargs(MLLMConfig(engine="vllm"))["distributed_executor_backend"] == "uni"
     assert level_sampling_params([5, 6, 7]) == {
         "max_tokens": 1, "temperature": 0.0, "allowed_token_ids": [5, 6, 7], "logprobs": 3, "detokenize": False,
     }

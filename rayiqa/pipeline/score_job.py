@@ -1,7 +1,7 @@
 """`rayiqa score`: the scoring job as one streaming Ray Data pipeline.
 
-read input list -> decode (tasks) -> segment (SAM2 actor pool) -> score (one actor pool per MLLM)
--> finalize -> write Parquet; with `scorer: promptiqa | grmp` one trained-model actor pool scores
+read input list -> decode (tasks) -> segment (SAM2 actor pool) -> score (one actor pool per MLLM,
+transformers or vLLM in the actor) -> finalize -> write Parquet; with `scorer: promptiqa | grmp` one trained-model actor pool scores
 whole images instead of segment + MLLMs. Ray Data's checkpointing (id column `path`) makes a re-run into the
 same output resume: inputs already written are filtered out at the read and none is written twice.
 """
@@ -23,7 +23,6 @@ from rayiqa.io.fs import resolve_fs
 from rayiqa.io.manifest import RunSummary, summarise_output, write_manifest
 from rayiqa.io.sources import list_inputs
 from rayiqa.pipeline import stages
-from rayiqa.pipeline.request_rows import score_by_requests
 from rayiqa.pipeline.runtime import (
     configure_io_retries, ensure_ray, join_path, model_provenance, read_retry_args, storage_error,
 )
@@ -62,6 +61,7 @@ def _actor_args(stage: StageConfig) -> dict:
         num_gpus=stage.num_gpus,
         batch_format="numpy",
         zero_copy_batch=False,
+        max_task_retries=stage.max_task_retries,
     )
 
 
@@ -172,6 +172,9 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
     # The input list is one driver-written file: Ray Data's V2 Parquet reader starts footer-reader actors
     # (new processes, seconds) on every read to index it; the V1 read task reads it in one go.
     ctx.use_datasource_v2 = False
+    # A block whose model raised (device error, OOM; inputs it refuses are error rows) is re-run, up
+    # to each stage's max_task_retries, like a block whose actor died.
+    ctx.actor_task_retry_on_errors = True
     ds = ray.data.read_parquet(layout.inputs, filesystem=layout.fs)
     ds = ds.repartition(target_num_rows_per_block=cfg.decode.batch_size)
     ds = ds.map_batches(
@@ -189,8 +192,6 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
         ds = ds.map_batches(
             stages.SegmentStage, fn_constructor_args=(cfg.segmenter, cfg.method), **_actor_args(cfg.segment)
         )
-    if cfg.mllms[0].engine == "vllm":  # the config allows no mixed ensembles
-        return score_by_requests(ds, cfg.mllms, cfg.method, model_ids, cfg.score.concurrency)
     for k, mllm in enumerate(cfg.mllms):
         last = k == len(cfg.mllms) - 1 and cfg.adapt.method == "none"  # else AdaptStage reads the pixels
         ds = ds.map_batches(stages.ScoreStage, fn_constructor_args=(mllm, cfg.method, k, last), **_actor_args(cfg.score))
@@ -242,7 +243,7 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
     ensure_ray(cfg.ray, cpus_needed(cfg))
     configure_io_retries()
     ctx = ray.data.DataContext.get_current()
-    previous = ctx.checkpoint_config, ctx.use_datasource_v2
+    previous = ctx.checkpoint_config, ctx.use_datasource_v2, ctx.actor_task_retry_on_errors
     try:
         return _run_score(cfg, layout, len(uris))
     except Exception as exc:  # name the storage failure, not a Ray trace
@@ -251,7 +252,7 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
             raise
         raise err from exc
     finally:  # the DataContext is per process: later Ray Data jobs here must not inherit this run's settings
-        ctx.checkpoint_config, ctx.use_datasource_v2 = previous
+        ctx.checkpoint_config, ctx.use_datasource_v2, ctx.actor_task_retry_on_errors = previous
 
 
 def _run_score(cfg: ScoreConfig, layout: Layout, n_inputs: int) -> RunSummary:

@@ -91,9 +91,10 @@ def object_column(values: list) -> np.ndarray:
 
 
 def decode_batch(batch: dict, input_cfg: InputConfig) -> dict:
-    """Read each file's bytes from its filesystem and decode it to RGB; bad files become error rows."""
+    """Read each file's bytes from its filesystem and decode it to RGB; bad files become error rows that
+    keep the size their header gave (0 x 0 when there was none)."""
     from rayiqa.io.fs import resolve_fs, split_uri
-    from rayiqa.io.sources import read_image
+    from rayiqa.io.sources import read_decoded
 
     n = len(batch["path"])
     filesystems: dict[str, object] = {}  # one filesystem per scheme and batch
@@ -102,12 +103,12 @@ def decode_batch(batch: dict, input_cfg: InputConfig) -> dict:
         scheme, path = split_uri(uri)
         if scheme not in filesystems:
             filesystems[scheme] = resolve_fs(uri, input_cfg.storage)[0]
-        image, kind, msg = read_image(uri, filesystems[scheme], path, input_cfg)
-        images.append(EMPTY_IMAGE if image is None else image)
-        heights.append(0 if image is None else image.shape[0])
-        widths.append(0 if image is None else image.shape[1])
-        kinds.append(kind or "")
-        errors.append(msg or "")
+        res = read_decoded(uri, filesystems[scheme], path, input_cfg)
+        images.append(EMPTY_IMAGE if res.image is None else res.image)
+        heights.append(res.image.shape[0] if res.image is not None else res.height or 0)
+        widths.append(res.image.shape[1] if res.image is not None else res.width or 0)
+        kinds.append(res.error_kind or "")
+        errors.append(res.error or "")
     return {
         "path": object_column([str(p) for p in batch["path"]]),
         "image": object_column(images),

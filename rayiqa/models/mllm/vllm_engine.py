@@ -15,6 +15,7 @@ image's error; any other failure leaves the engine unusable (`healthy` is False)
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Sequence
 
@@ -32,10 +33,12 @@ from rayiqa.models.mllm.transformers_engine import image_size_kwargs
 def vllm_engine_kwargs(cfg: MLLMConfig, max_images: int = 1) -> dict[str, Any]:
     """`vllm.LLM` arguments from the MLLM config (see the module docstring for logprobs_mode).
 
-    With `tensor_parallel_size > 1` vLLM's multiprocessing executor shards the model over the GPUs
-    Ray gave the actor (`score.num_gpus` must cover them; the config checks it).
+    One GPU: the executor runs in this process ("uni"), so an actor that dies takes its engine with it
+    (a worker process of a killed actor would keep its GPU memory). With `tensor_parallel_size > 1`
+    vLLM's multiprocessing executor shards the model over the GPUs Ray gave the actor
+    (`score.num_gpus` must cover them; the config checks it).
     """
-    kwargs = {
+    return {
         "model": resolve_model(cfg.preset)[0],
         "dtype": cfg.dtype,
         "max_model_len": cfg.max_model_len,
@@ -47,10 +50,8 @@ def vllm_engine_kwargs(cfg: MLLMConfig, max_images: int = 1) -> dict[str, Any]:
         "enable_prefix_caching": True,
         "enforce_eager": cfg.enforce_eager,
         "seed": 0,
+        "distributed_executor_backend": "mp" if cfg.tensor_parallel_size > 1 else "uni",
     }
-    if cfg.tensor_parallel_size > 1:
-        kwargs["distributed_executor_backend"] = "mp"
-    return kwargs
 
 
 def level_sampling_params(level_ids: Sequence[int]) -> dict[str, Any]:
@@ -89,6 +90,8 @@ class VLLMEngine:
     """`LevelEngine` (and free-text generation, for chain-of-thought) on one `vllm.LLM`."""
 
     def __init__(self, cfg: MLLMConfig, max_images: int = 1) -> None:
+        # The engine core in this process too (see vllm_engine_kwargs): nothing outlives the actor.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM  # only on machines with the vllm extra (or its CPU build)
 
         self.cfg = cfg
