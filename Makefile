@@ -34,3 +34,4 @@ test: $(STAMP) $(VLLM_STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_overhead.py
+	$(PY) benchmarks/segment_speed.py --quick
