@@ -135,12 +135,24 @@ class Upsampled:
         last = torch.full((n,), -1, device=logits.device)
         top = torch.full((n,), h_in, device=logits.device)
         bottom = torch.full((n,), -1, device=logits.device)
-        band = max(1, WORK_ELEMENTS // (n * w_low))
+        # Counting a row costs ~25 float64 operations per low-res column, drawing it a few per input column.
+        drawn = self.shape[1] < 16 * w_low
+        band = max(1, WORK_ELEMENTS // (n * (self.shape[1] if drawn else w_low)))
+        columns = torch.arange(self.shape[1], device=logits.device)
         for r0 in range(0, h_in, band):
             rows = lerp_rows(logits, self.ys, slice(r0, r0 + band))
-            for k, cutoff in enumerate(cutoffs):
-                counts[:, k] += self.rows(rows, cutoff)[0].sum(-1)
-            row_count, row_first, row_last = self.rows(rows, box_cutoff)
+            if drawn:
+                full = F.interpolate(rows[:, None], size=(rows.shape[1], self.shape[1]), mode="bilinear", align_corners=False)[:, 0]
+                for k, cutoff in enumerate(cutoffs):
+                    counts[:, k] += (full > cutoff).sum((1, 2))
+                above = full > box_cutoff
+                row_count, cols = above.sum(-1), above.any(1)
+                row_first = torch.where(cols, columns, self.shape[1]).amin(-1).expand(rows.shape[1], -1).T
+                row_last = torch.where(cols, columns, -1).amax(-1).expand(rows.shape[1], -1).T
+            else:
+                for k, cutoff in enumerate(cutoffs):
+                    counts[:, k] += self.rows(rows, cutoff)[0].sum(-1)
+                row_count, row_first, row_last = self.rows(rows, box_cutoff)
             hit = row_count > 0
             y = torch.arange(r0, r0 + rows.shape[1], device=logits.device)
             top = torch.minimum(top, torch.where(hit, y, h_in).amin(-1))
