@@ -75,10 +75,6 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-# The run's overall weights tag: its least trained model's (a trained MLLM beside a random SAM2 is random-init).
-LEAST_TRAINED_FIRST = ("random-init", "rayiqa-trained (synthetic)")
-
-
 def write_manifest(fs: pafs.FileSystem, root: str, cfg, provenance: dict, summary: RunSummary) -> str:
     """Write `_manifest.json` (config, models and weight sources, versions, counts) into the output."""
     weights = {p.get("weights") for p in [*provenance.get("mllms", []), provenance.get("segmenter", {})]}
@@ -86,7 +82,7 @@ def write_manifest(fs: pafs.FileSystem, root: str, cfg, provenance: dict, summar
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": cfg.model_dump(mode="json"),
         "models": provenance,
-        "weights": next((w for w in LEAST_TRAINED_FIRST if w in weights), "pretrained"),
+        "weights": "random-init" if "random-init" in weights else "pretrained",
         "versions": _versions(),
         "summary": asdict(summary) | {"images_per_second": summary.images_per_second},
     }

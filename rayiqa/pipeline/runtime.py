@@ -107,7 +107,7 @@ def join_path(root: str, name: str) -> str:
 def model_provenance(cfg: ScoreConfig) -> dict:
     """Model ids and weight sources of a score run. Resolving the tiny presets here builds their
     checkpoints once on the driver, before any actor asks for them."""
-    from rayiqa.models.mllm.presets import TRAINED_SYNTHETIC, TRAINED_SYNTHETIC_NOTE, resolve_model
+    from rayiqa.models.mllm.presets import resolve_model
 
     mllms = []
     for m in cfg.mllms:
@@ -124,9 +124,6 @@ def model_provenance(cfg: ScoreConfig) -> dict:
             "weights": "pretrained" if spec.checkpoint else "random-init",
             "image_size": spec.image_size,
         }
-    trained = [m["model_id"] for m in mllms if m["weights"] == TRAINED_SYNTHETIC]
-    if trained:
-        log.warning("%s: %s", ", ".join(trained), TRAINED_SYNTHETIC_NOTE)
     random = [p["model_id"] for p in [*mllms, out.get("segmenter", {"weights": ""})] if p.get("weights") == "random-init"]
     if random:
         log.warning(
