@@ -9,10 +9,14 @@ another family (the domain shift). Each test batch of B = 8 is then scored with
   gc:base          group-contrastive loss on the model's own clusters (isolates the ranking)
   gc:psnr          group-contrastive loss on clusters from PSNR against the pristine image
   gc:ssim          ... from SSIM against the pristine image: the label itself, an oracle ranker
+  gc:llm-iqa       ... from an MLLM's LLM-IQA score (7-level word standard, whole image): LLM-TTA's
+                   ranker as the scoring job's `ranker: llm-iqa` computes it
+  gc:prompt2       ... from the MLLM's p(good) after prompt 2 (Eq. 2): `ranker: prompt2`
 
-PSNR is the honest "better ranker" runnable here: a full-reference metric (it sees the pristine
-image, which an NR model never does) that is not the label but agrees with it far better than the
-shifted model. No MLLM is used: the offline tiny MLLM has random weights and ranks nothing.
+PSNR is a full-reference ranker (it sees the pristine image, which an NR model never does) that is
+not the label but agrees with it far better than the shifted model. The MLLM rankers (`--mllm
+PRESET`, e.g. a `rayiqa train tiny-iqa` export folder) are no-reference; a random-weight MLLM ranks
+nothing, so by default (`--mllm none`) they are left out.
 Reports SRCC / PLCC of every approach over the test set and LLM-TTA's Table 1 statistics per ranker:
 correct / wrong members of the top-k and bottom-k clusters and top-1 accuracy, against the labels.
 
@@ -110,8 +114,25 @@ def train(backbone: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: i
     return loss_sum / len(x)
 
 
-def run(n_refs: int, levels: int, epochs: int, iterations: int, seed: int, work: Path) -> dict:
-    """Build the sets, train, adapt every test batch with each approach; returns the measurements."""
+def mllm_rankings(preset: str, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per image: the MLLM's LLM-IQA score (K = 7 word standard) and its p(good) after prompt 2."""
+    from rayiqa.config import MLLMConfig
+    from rayiqa.methods import llm_iqa, llm_tta
+    from rayiqa.models.mllm.base import LevelRequest
+    from rayiqa.models.mllm.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(MLLMConfig(preset=preset, device="cpu", dtype="float32"))
+    images = [np.ascontiguousarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for im in x]
+    k7 = llm_iqa.standard_prompt(7)
+    return {
+        "llm-iqa": llm_iqa.level_score(engine.level_probs([LevelRequest(k7, [im]) for im in images]), k7.level_values()),
+        "prompt2": engine.level_probs([LevelRequest(llm_tta.prompt2(), [im]) for im in images])[:, 0],
+    }
+
+
+def run(n_refs: int, levels: int, epochs: int, iterations: int, seed: int, work: Path, mllm: str | None = None) -> dict:
+    """Build the sets, train, adapt every test batch with each approach (MLLM rankers when `mllm` names a
+    preset); returns the measurements."""
     from rayiqa.data import make_synthetic_set
     from rayiqa.methods import llm_tta, metrics, tta_baselines
     from rayiqa.models.backbones import create_backbone
@@ -133,8 +154,9 @@ def run(n_refs: int, levels: int, epochs: int, iterations: int, seed: int, work:
     labels = np.array([r.score for r in test_rows])
     psnr = np.array([r.labels["psnr"] for r in test_rows])
     cfg = llm_tta.TTAConfig(n_iter=iterations, seed=seed)
+    external = {"psnr": psnr, "ssim": labels} | (mllm_rankings(mllm, x_test) if mllm else {})
 
-    preds: dict[str, list[np.ndarray]] = {name: [] for name in ("none", "tta-iqa", "gc:base", "gc:psnr", "gc:ssim")}
+    preds: dict[str, list[np.ndarray]] = {name: [] for name in ("none", "tta-iqa", "gc:base", *(f"gc:{r}" for r in external))}
     base_batches = []
     for idx in batches:
         x = x_test[idx]
@@ -142,12 +164,12 @@ def run(n_refs: int, levels: int, epochs: int, iterations: int, seed: int, work:
         base_batches.append(base)
         preds["none"].append(base)
         preds["tta-iqa"].append(tta_baselines.tta_iqa_adapt_and_predict(backbone, x, cfg).scores)
-        for name, ranking in (("gc:base", base), ("gc:psnr", psnr[idx]), ("gc:ssim", labels[idx])):
-            preds[name].append(llm_tta.adapt_and_predict(backbone, x, ranking, cfg).scores)
+        for name, ranking in [("base", base), *((r, v[idx]) for r, v in external.items())]:
+            preds[f"gc:{name}"].append(llm_tta.adapt_and_predict(backbone, x, ranking, cfg).scores)
     truth = np.concatenate([labels[idx] for idx in batches])
     quality = {name: metrics.evaluate(np.concatenate(p), truth) for name, p in preds.items()}
     truth_batches = [labels[idx] for idx in batches]
-    rankers = {"base": base_batches, "psnr": [psnr[idx] for idx in batches], "ssim": truth_batches}
+    rankers = {"base": base_batches} | {r: [v[idx] for idx in batches] for r, v in external.items()}
     return {
         "train": {"images": len(train_rows), "types": TRAIN_TYPES, "epochs": epochs, "loss": train_loss, "seconds": train_seconds},
         "test": {"images": n_batches * 8, "types": TEST_TYPES, "batches": n_batches},
@@ -182,11 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--iterations", type=int, default=10, help="adaptation steps per batch")
     parser.add_argument("--seed", type=int, default=2021)
+    parser.add_argument("--mllm", default="none", help="MLLM preset or folder of the llm-iqa / prompt2 rankers; none: no MLLM")
     args = parser.parse_args(argv)
     refs, levels, epochs = (16, 3, 20) if args.quick else (args.refs, args.levels, args.epochs)
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        print(format_report(run(refs, levels, epochs, args.iterations, args.seed, Path(tmp))))
+        mllm = None if args.mllm == "none" else args.mllm
+        print(format_report(run(refs, levels, epochs, args.iterations, args.seed, Path(tmp), mllm)))
 
 
 if __name__ == "__main__":

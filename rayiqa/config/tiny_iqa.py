@@ -1,7 +1,6 @@
 """`rayiqa train tiny-iqa`: a small Qwen2.5-VL taught to answer rayiqa's own quality prompts.
 
-Defaults are the run that made the shipped `tiny-iqa` weights; `configs/train-tiny-iqa.yaml`
-documents every key.
+`configs/train-tiny-iqa.yaml` documents every key.
 """
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ class TinyDataConfig(Section):
         "clock", "text", "grass", "gravel", "cell", "hubble_deep_field", "retina", "grace_hopper"])
     holdout_photos: list[str] = Field(default_factory=lambda: ["camera", "coins", "brick", "immunohistochemistry"])
     types: list[str] = Field(default_factory=lambda: list(ALL_TYPES), min_length=1)  # rayiqa.data.distortions names
-    rows: int = Field(default=4000, gt=0)  # rows per run; each holds a pristine crop and two versions of it
+    rows: int = Field(default=3000, gt=0)  # rows per run; each holds a pristine crop and two versions of it
     side_range: tuple[int, int] = (64, 448)  # long side of a crop, px
     p_pristine: float = Field(default=0.15, ge=0, le=1)  # chance a version is left undistorted
     ssim_floor: float = Field(default=0.3, ge=0, lt=1)  # q = (SSIM - floor) / (1 - floor), clipped to [0, 1]

@@ -193,7 +193,7 @@ def train_tiny_iqa(cfg: TinyIQATrainConfig) -> ray.train.Result:
     initial = run_dir / "initial-model"  # written on the driver: transformers saves only on rank 0 under DDP
     if not (initial / "config.json").exists():
         build_initial_model(cfg.model, cfg.seed, initial)
-    rows = ray.data.range(cfg.data.rows).map_batches(
+    rows = ray.data.range(cfg.data.rows, override_num_blocks=4 * cfg.num_workers).map_batches(
         make_rows, fn_kwargs={"cfg": cfg.model_dump()}, batch_size=32, num_cpus=cfg.loader_cpus,
     ).materialize()
     trainer = TorchTrainer(
