@@ -9,7 +9,8 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 .PHONY: install demo test bench
 
 # torch/torchvision come pinned from pyproject; sam2 is source-only and must build against the
-# installed torch, so it is a second step without build isolation (see ../shared/ENVIRONMENT.md).
+# installed torch, so it is a second step without build isolation (with it, pip would download
+# another torch and CUDA libraries into the build environment).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel

@@ -4,8 +4,8 @@ TTA-IQA (Roy et al., ICCV 2023; code `subhadeeproy2000/TTA-IQA`): clusters from 
 own predictions, group-contrastive loss plus a relative rank loss on weakly / strongly distorted
 copies of each image.
 
-FA-TTA-IQA (Kapoor et al., ICME 2025): no code is public and its paper text could not be found with
-our search tools, so this follows LLM-TTA's description of it (Sections 1-2): the base model's best
+FA-TTA-IQA (Kapoor et al., ICME 2025): no code is public and its paper's text was not available to
+rayiqa, so this follows LLM-TTA's description of it (Sections 1-2): the base model's best
 image is the anchor of the high-quality cluster; the other images are grouped by VGG-16 feature
 affinity to that anchor - the k-1 most similar join the anchor, the k least similar form the
 low-quality cluster - and the group-contrastive loss adapts the norm layers.
