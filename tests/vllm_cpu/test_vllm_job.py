@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 
 from broken import write_broken_files
+from faults import beside_the_job, committed_rows, stage_pids, wait_for
 from rayiqa.config import ScoreConfig, load_config
 from rayiqa.io.samples import samples_dir
 from rayiqa.io.sources import list_inputs
 from rayiqa.pipeline.score_job import run_score
-from test_faults_pipeline import _committed_rows, _stage_pids, _wait_for, beside_the_job
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -118,11 +118,11 @@ def test_killed_vllm_actor_is_replaced_and_each_input_lands_once(ray_local, tmp_
     inputs, local, out = list_inputs(cfg.input), pafs.LocalFileSystem(), str(tmp_path / "out")
 
     def kill_actor(job_done: threading.Event) -> dict:
-        _wait_for(lambda: _committed_rows(local, out), "a first committed part")
-        pid = _wait_for(lambda: _stage_pids("ScoreStage"), "a live ScoreStage process")[0]
-        seen = {"pid": pid, "committed": _committed_rows(local, out), "job_done": job_done.is_set()}
+        wait_for(lambda: committed_rows(local, out), "a first committed part")
+        pid = wait_for(lambda: stage_pids("ScoreStage"), "a live ScoreStage process")[0]
+        seen = {"pid": pid, "committed": committed_rows(local, out), "job_done": job_done.is_set()}
         os.kill(pid, signal.SIGKILL)
-        seen["replacements"] = _wait_for(lambda: [p for p in _stage_pids("ScoreStage") if p != pid] or job_done.is_set(),
+        seen["replacements"] = wait_for(lambda: [p for p in stage_pids("ScoreStage") if p != pid] or job_done.is_set(),
                                          "a new ScoreStage actor")
         return seen
 
