@@ -212,13 +212,13 @@ def _s3_cfg(moto, prefix: str, *extra: str) -> ScoreConfig:
     return _cfg(f"s3://{BUCKET}/{prefix}", "input.limit=16", *storage, *extra)
 
 
-def _stop_store_after_first_commit(moto, cfg: ScoreConfig, outage_s: float | None):
-    """A fault for `beside_the_job`: the store goes down after the first committed part, for `outage_s` (None: for good)."""
-    fs, path = resolve_fs(cfg.output.uri, cfg.output.storage)
+def _store_outage(moto, ready, what: str, committed, outage_s: float | None):
+    """A fault for `beside_the_job`: once `ready()` holds, the store goes down for `outage_s` seconds
+    (None: for good); it reports the rows `committed()` counted then."""
 
     def outage(job_done: threading.Event) -> dict:
-        wait_for(lambda: committed_rows(fs, path), "a first committed part")
-        seen = {"committed": committed_rows(fs, path), "job_done": job_done.is_set()}
+        wait_for(ready, what)
+        seen = {"committed": committed(), "job_done": job_done.is_set()}
         moto.stop()
         if outage_s is not None:
             time.sleep(outage_s)
@@ -226,6 +226,13 @@ def _stop_store_after_first_commit(moto, cfg: ScoreConfig, outage_s: float | Non
         return seen
 
     return outage
+
+
+def _stop_store_after_first_commit(moto, cfg: ScoreConfig, outage_s: float | None):
+    """The output store goes down after the first committed part."""
+    fs, path = resolve_fs(cfg.output.uri, cfg.output.storage)
+    return _store_outage(moto, lambda: committed_rows(fs, path), "a first committed part",
+                         lambda: committed_rows(fs, path), outage_s)
 
 
 def _s3_rows(cfg: ScoreConfig) -> list[dict]:
@@ -293,8 +300,8 @@ def _s3_input_cfg(moto, out: Path, *extra: str) -> ScoreConfig:
 
 
 def _stop_store_once_listed(moto, out: Path, n_inputs: int, outage_s: float | None):
-    """A fault for `beside_the_job`: the input store goes down as soon as the run has listed its
-    n_inputs inputs (before any decode task reads one), for `outage_s` seconds (None: for good)."""
+    """The input store goes down as soon as the run has listed its n_inputs inputs (before any decode
+    task reads one)."""
     listed = out / "_inputs" / "inputs.parquet"
 
     def inputs_written() -> bool:
@@ -303,16 +310,8 @@ def _stop_store_once_listed(moto, out: Path, n_inputs: int, outage_s: float | No
         except (FileNotFoundError, OSError):  # not there yet, or caught mid-write
             return False
 
-    def outage(job_done: threading.Event) -> dict:
-        wait_for(inputs_written, "the run's input list")
-        seen = {"committed": committed_rows(pafs.LocalFileSystem(), str(out)), "job_done": job_done.is_set()}
-        moto.stop()
-        if outage_s is not None:
-            time.sleep(outage_s)
-            moto.restart()
-        return seen
-
-    return outage
+    out_fs = pafs.LocalFileSystem()
+    return _store_outage(moto, inputs_written, "the run's input list", lambda: committed_rows(out_fs, str(out)), outage_s)
 
 
 def test_s3_inputs_survive_a_store_blip(ray_local, moto_s3, tmp_path):

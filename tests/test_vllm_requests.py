@@ -71,7 +71,7 @@ def test_vllm_is_accepted_wherever_an_mllm_is() -> None:
     assert [m.engine for m in cfg.mllms] == ["vllm", "transformers"]
 
 
-def test_create_engine_builds_vllm_in_process() -> None:
+def test_create_engine_for_vllm_without_vllm_installed_names_it() -> None:
     """Without vLLM installed (the main test environment) the engine's import names it."""
     with pytest.raises(ImportError, match="vllm"):
         create_engine(MLLMConfig(engine="vllm"))
