@@ -1,4 +1,5 @@
 """The SAM2 segmenter: tiny preset (real SAM2 class, random weights at 256), masks, presets, checkpoints."""
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,13 +11,8 @@ from moto.server import ThreadedMotoServer
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from rayiqa.config import SegmenterConfig
-from rayiqa.models.segmenter import (
-    Sam2Segmenter,
-    backbone_feat_sizes,
-    fetch_checkpoint,
-    resolve_device,
-    resolve_spec,
-)
+from rayiqa.models.sam2_spec import PRESETS, resolve_spec
+from rayiqa.models.segmenter import Sam2Segmenter, backbone_feat_sizes, fetch_checkpoint, resolve_device
 
 # Quality thresholds at 0 so that random weights still yield masks; 3x3 prompts keep CPU runs short.
 TINY = SegmenterConfig(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
@@ -124,6 +120,22 @@ def test_named_presets_map_to_official_configs_and_files(preset, config_file, ch
     spec = resolve_spec(SegmenterConfig(preset=preset))
     assert (spec.config_file, spec.checkpoint) == (config_file, checkpoint)
     assert resolve_spec(SegmenterConfig(preset=preset, checkpoint="/w/x.pt")).checkpoint == "/w/x.pt"
+
+
+def test_preset_table_is_sam2s_own_and_naming_a_model_imports_neither_torch_nor_sam2():
+    from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
+
+    for model_id, config_file, checkpoint in PRESETS.values():
+        assert HF_MODEL_ID_TO_FILENAMES[model_id] == (config_file, checkpoint)
+    assert {m for m in HF_MODEL_ID_TO_FILENAMES if "sam2.1" in m} == {m for m, _, _ in PRESETS.values()}
+    code = ("import sys; from rayiqa.config import ScoreConfig, load_config; from rayiqa.pipeline.runtime import model_provenance; "
+            "cfg = load_config(ScoreConfig, None, ['input.uri=/in', 'output.uri=/out', 'mllms=[{preset: org/some-mllm}]', "
+            "'segmenter.preset=hiera_l']); p = model_provenance(cfg)['segmenter']; "
+            "assert (p['model_id'], p['source']) == ('facebook/sam2.1-hiera-large', 'sam2.1_hiera_large.pt'), p; "
+            "print(sorted({'torch', 'sam2', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_unknown_preset_and_missing_checkpoint_are_clear_errors(tmp_path):

@@ -13,58 +13,23 @@ import hashlib
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from pyarrow import fs as pafs
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2
+from sam2.build_sam import build_sam2
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 from sam2.utils.amg import batched_mask_to_box
 
 from rayiqa.config import SegmenterConfig
 from rayiqa.models.mask_generator import FastMaskGenerator, KeptMasks
+from rayiqa.models.sam2_spec import resolve_spec
 
 log = logging.getLogger(__name__)
 
-# Named presets -> the official SAM2.1 ids, whose (config, checkpoint file) pairs sam2 itself lists.
-PRESETS: dict[str, str] = {
-    "hiera_t": "facebook/sam2.1-hiera-tiny",
-    "hiera_s": "facebook/sam2.1-hiera-small",
-    "hiera_b+": "facebook/sam2.1-hiera-base-plus",
-    "hiera_l": "facebook/sam2.1-hiera-large",
-}
-TINY_PRESET = "tiny"
-TINY_IMAGE_SIZE = 256
-RELEASED_IMAGE_SIZE = 1024  # the SAM2.1 checkpoints are trained at 1024
 DEFAULT_CACHE = Path(os.environ.get("RAYIQA_CACHE_DIR", Path.home() / ".cache" / "rayiqa"))
-
-
-@dataclass(frozen=True)
-class Sam2Spec:
-    """What to build: the sam2 config file, the checkpoint URI (None: random init), the input size."""
-
-    model_id: str
-    config_file: str
-    checkpoint: str | None
-    image_size: int
-
-
-def resolve_spec(cfg: SegmenterConfig) -> Sam2Spec:
-    """Preset name -> build spec. `cfg.image_size` when set, else the preset's own size (256 for
-    tiny, 1024 for the released models)."""
-    explicit_size = cfg.image_size
-    if cfg.preset == TINY_PRESET:
-        config_file, _ = HF_MODEL_ID_TO_FILENAMES[PRESETS["hiera_t"]]
-        return Sam2Spec("tiny:sam2.1_hiera_t", config_file, cfg.checkpoint, explicit_size or TINY_IMAGE_SIZE)
-    if cfg.preset not in PRESETS:
-        choices = ", ".join([TINY_PRESET, *PRESETS])
-        raise ValueError(f"segmenter.preset: unknown SAM2 preset {cfg.preset!r}; choose one of {choices}")
-    model_id = PRESETS[cfg.preset]
-    config_file, official_file = HF_MODEL_ID_TO_FILENAMES[model_id]
-    return Sam2Spec(model_id, config_file, cfg.checkpoint or official_file, explicit_size or RELEASED_IMAGE_SIZE)
 
 
 def fetch_checkpoint(uri: str, cache_dir: Path = DEFAULT_CACHE) -> Path:

@@ -115,7 +115,7 @@ def model_provenance(cfg: ScoreConfig) -> dict:
         mllms.append({"model_id": m.preset, "source": str(source), "weights": weights, "engine": m.engine})
     out = {"mllms": mllms}
     if cfg.method.segmentation:
-        from rayiqa.models.segmenter import resolve_spec  # torch + sam2: only for a job that segments
+        from rayiqa.models.sam2_spec import resolve_spec  # names the model without importing torch or sam2
 
         spec = resolve_spec(cfg.segmenter)
         out["segmenter"] = {
