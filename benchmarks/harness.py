@@ -18,10 +18,9 @@ from pathlib import Path
 
 from rayiqa.config import ScoreConfig, load_config
 from rayiqa.config.base import StorageConfig
-from rayiqa.io.fs import resolve_fs
+from rayiqa.io.fs import join_path, resolve_fs
 from rayiqa.io.manifest import RunSummary
 from rayiqa.io.samples import samples_dir
-from rayiqa.pipeline.runtime import ensure_ray, join_path
 from rayiqa.pipeline.score_job import CHECKPOINT_DIR, cpus_needed, run_score
 
 MiB = 1024 * 1024

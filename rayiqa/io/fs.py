@@ -75,6 +75,11 @@ def join_uri(scheme: str, path: str) -> str:
     return f"s3://{path}" if scheme == "s3" else path
 
 
+def join_path(root: str, name: str) -> str:
+    """Join a filesystem path (local or bucket/key form) with a child name."""
+    return f"{root.rstrip('/')}/{name}"
+
+
 class RetryingS3FileSystem(pafs.S3FileSystem):
     """pyarrow's `S3FileSystem` that keeps its retry budget when pickled into Ray tasks.
 

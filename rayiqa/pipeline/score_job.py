@@ -19,14 +19,13 @@ import pyarrow.parquet as pq
 
 from rayiqa.config import ScoreConfig, StageConfig
 from rayiqa.io.errors import OutputError
-from rayiqa.io.fs import resolve_fs
+from rayiqa.io.fs import join_path, resolve_fs
 from rayiqa.io.manifest import RunSummary, summarise_output, write_manifest
 from rayiqa.io.sources import list_inputs
 from rayiqa.pipeline import stages
-from rayiqa.pipeline.runtime import (
-    configure_io_retries, ensure_ray, join_path, model_provenance, read_retry_args, storage_error,
-)
+from rayiqa.pipeline.runtime import model_provenance, storage_error
 from rayiqa.pipeline.trained_scorer import TrainedScoreStage, scorer_id
+from rayiqa.runtime import configure_io_retries, ensure_ray, read_retry_args
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from rayiqa.methods.psychophysics import (
     sample_groups,
     select_difficult_nr,
 )
-from rayiqa.pipeline.runtime import ensure_ray, join_path
+from rayiqa.io.fs import join_path
+from rayiqa.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
 

@@ -342,7 +342,7 @@ def _result(result: ray.train.Result) -> TrainResult:
 
 def pretrain_grmp(cfg: GRMPTrainConfig) -> TrainResult:
     """Meta-prompt pre-training on Ray Train; resumes when `run.name` already holds a checkpoint."""
-    from rayiqa.pipeline.runtime import ensure_ray
+    from rayiqa.runtime import ensure_ray
 
     ensure_ray(cfg.ray)
     train_rows, eval_rows = split_meta_rows(min_max_normalize(load_rows(cfg.data), invert_dmos=True),
@@ -436,7 +436,7 @@ def finetune_grmp(cfg: GRMPFinetuneConfig, train_rows: Sequence[IQARow] | None =
                   eval_rows: Sequence[IQARow] | None = None) -> TrainResult:
     """QGR fine-tuning on Ray Train. Without rows: the dataset split `train_fraction` / rest (by reference
     image when rows have one), each side min-max scaled to [0, 1] on its own scores."""
-    from rayiqa.pipeline.runtime import ensure_ray
+    from rayiqa.runtime import ensure_ray
 
     ensure_ray(cfg.ray)
     if train_rows is None or eval_rows is None:

@@ -29,7 +29,7 @@ from rayiqa.io.fs import resolve_fs, split_uri
 from rayiqa.methods.metrics import plcc, srcc
 from rayiqa.methods.prompt_iqa import InBatchPromptIQA, in_batch_loss, sample_ispp, score_with_ispp
 from rayiqa.models.promptiqa import PromptIQA
-from rayiqa.pipeline.runtime import ensure_ray
+from rayiqa.runtime import ensure_ray
 from rayiqa.train.episodes import load_episode, load_images
 from rayiqa.train.synthetic_sets import build_synthetic_set, has_synthetic_set
 
