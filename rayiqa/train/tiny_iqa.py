@@ -32,7 +32,7 @@ from rayiqa.methods.level_targets import FAMILIES, draw_question
 from rayiqa.methods.llm_iqa import level_score, standard_prompt
 from rayiqa.methods.metrics import plcc, srcc
 from rayiqa.models.mllm.base import LevelRequest
-from rayiqa.pipeline.runtime import ensure_ray
+from rayiqa.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
 TRAIN_STATE = "train_state.pt"
