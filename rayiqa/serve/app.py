@@ -468,7 +468,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 
 def run_serve(cfg: ServeConfig, blocking: bool = False) -> DeploymentHandle:
     """Start Serve's HTTP proxy on cfg.http and deploy the app (blocking: until interrupted)."""
-    from rayiqa.pipeline.runtime import ensure_ray
+    from rayiqa.runtime import ensure_ray
 
     check_exposure(cfg)  # before Ray starts: a refused config costs no start-up
     if cfg.auth.api_key_env:
