@@ -103,7 +103,7 @@ def test_serve_is_closed_by_default_and_refuses_an_open_interface_without_a_key(
 ])
 def test_serve_start_up_errors_are_one_line_before_ray(overrides, words, monkeypatch, capsys):
     from rayiqa import cli
-    from rayiqa.pipeline import runtime
+    from rayiqa import runtime
 
     monkeypatch.delenv("RAYIQA_UNSET_KEY_VAR", raising=False)
     monkeypatch.setattr(runtime, "ensure_ray", lambda *a, **k: pytest.fail("Ray started for a refused config"))
