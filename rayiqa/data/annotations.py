@@ -14,13 +14,13 @@ import pandas as pd
 import scipy.io
 
 from rayiqa.data.rows import DatasetError
-from rayiqa.data.storage import Storage, exists, join, open_uri
+from rayiqa.io.fs import Storage, exists, join_path, open_uri
 
 
 def find_file(root: str, candidates: Sequence[str], storage: Storage, dataset: str) -> str:
     """The first of `candidates` (paths relative to root) that exists, else an error listing them."""
     for candidate in candidates:
-        uri = join(root, candidate)
+        uri = join_path(root, candidate)
         if exists(uri, storage):
             return uri
     raise DatasetError(f"{dataset}: no annotation file under {root!r}; looked for {list(candidates)}")

@@ -15,8 +15,8 @@ from rayiqa.data.formats.matlab import load_aigciqa2023, load_live, load_livec
 from rayiqa.data.formats.tables import TABLE_SPECS, load_csiq, load_table
 from rayiqa.data.formats.text import load_pipal, load_tid2013
 from rayiqa.data.rows import DatasetError, IQARow
-from rayiqa.data.storage import Storage
 from rayiqa.data.synthetic import load_synthetic
+from rayiqa.io.fs import Storage
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from rayiqa.data.annotations import find_file, read_frame, require_columns, to_s
 from rayiqa.data.distortions import DISTORTIONS, apply_distortion, distortion, level_params
 from rayiqa.data.fr_metrics import FR_METRICS
 from rayiqa.data.rows import DatasetError, IQARow, ScoreType
-from rayiqa.data.storage import Storage, absolute_root, join
+from rayiqa.io.fs import Storage, absolute_root, join_path
 
 ANNOTATION_FILE = "annotations.csv"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -121,7 +121,7 @@ def load_synthetic(root: str, storage: Storage = None, label: str = "ssim") -> l
         rows.append(
             IQARow(
                 dataset="synthetic",
-                image=join(root, *str(record["image"]).split("/")),
+                image=join_path(root, *str(record["image"]).split("/")),
                 score=labels[label],
                 score_type=score_type,
                 score_range=score_range,

@@ -10,20 +10,28 @@ Two views of the same store, built from one set of resolved options:
 
 Options come from the `StorageConfig`, else from the environment (`AWS_ENDPOINT_URL_S3`,
 `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_DEFAULT_REGION`; keys: both libraries read
-`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` and ~/.aws themselves).
+`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` and ~/.aws themselves), and both
+views retry a request `storage.retry_attempts` times.
+
+The dataset layer reads annotation files through `dataset_fs` (`open_uri`, `exists`, `glob`): the
+fsspec view for local and s3:// roots, fsspec's own filesystem for any other URI (memory://, gs://).
 """
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow.fs as pafs
+from fsspec.core import url_to_fs
 
 from rayiqa.config import StorageConfig
 
 S3_SCHEMES = ("s3", "s3a")
+Storage = StorageConfig | None  # a dataset read's store options; None: defaults and the environment
 
 
 @dataclass(frozen=True)
@@ -75,9 +83,24 @@ def join_uri(scheme: str, path: str) -> str:
     return f"s3://{path}" if scheme == "s3" else path
 
 
-def join_path(root: str, name: str) -> str:
-    """Join a filesystem path (local or bucket/key form) with a child name."""
-    return f"{root.rstrip('/')}/{name}"
+def join_path(root: str, *names: str) -> str:
+    """Join a local path, a bucket/key path or a URI with child names ('/' separators)."""
+    return posixpath.join(root, *names)
+
+
+def is_remote(uri: str) -> bool:
+    """True for URIs with a scheme other than file:// (s3://, gs://, memory://...)."""
+    scheme, sep, _ = uri.partition("://")
+    return bool(sep) and scheme.lower() != "file"
+
+
+def absolute_root(root: str) -> str:
+    """A dataset root as an absolute local path or a URI without trailing slash."""
+    if is_remote(root):
+        return root.rstrip("/")
+    if root.startswith("file://"):
+        root = root[len("file://") :]
+    return os.path.abspath(os.path.expanduser(root))
 
 
 class RetryingS3FileSystem(pafs.S3FileSystem):
@@ -143,3 +166,30 @@ def resolve_fsspec(
         use_listings_cache=False,  # a listing must see objects written since the last one
     )
     return fs, path
+
+
+def dataset_fs(uri: str, storage: Storage = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem holding a dataset file and the path inside it: `resolve_fsspec` for local
+    and s3:// URIs (the storage's endpoint, keys and retry setting), fsspec's defaults for other schemes."""
+    if is_remote(uri) and uri.partition("://")[0].lower() not in S3_SCHEMES:
+        return url_to_fs(uri)
+    return resolve_fsspec(uri, storage or StorageConfig())
+
+
+def open_uri(uri: str, storage: Storage = None, mode: str = "rb") -> IO[Any]:
+    """Open one dataset file for reading or writing."""
+    fs, path = dataset_fs(uri, storage)
+    return fs.open(path, mode)
+
+
+def exists(uri: str, storage: Storage = None) -> bool:
+    """Whether `uri` exists."""
+    fs, path = dataset_fs(uri, storage)
+    return fs.exists(path)
+
+
+def glob(pattern: str, storage: Storage = None) -> list[str]:
+    """Sorted URIs matching a glob pattern, in the same form (local path or scheme://) as the pattern."""
+    fs, path = dataset_fs(pattern, storage)
+    matches = sorted(fs.glob(path))
+    return [fs.unstrip_protocol(m) for m in matches] if is_remote(pattern) else matches

@@ -5,7 +5,7 @@ import numpy as np
 
 from rayiqa.data.annotations import find_file, mat_strings, read_mat, to_score
 from rayiqa.data.rows import DatasetError, IQARow
-from rayiqa.data.storage import Storage, absolute_root, join
+from rayiqa.io.fs import Storage, absolute_root, join_path
 
 # LIVE release 2: dmos.mat and refnames_all.mat list the 982 images folder by folder, in this order.
 LIVE_FOLDERS = (("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174), ("fastfading", 174))
@@ -38,7 +38,7 @@ def load_live(root: str, storage: Storage = None) -> list[IQARow]:
     return [
         IQARow(
             dataset="live",
-            image=join(root, *image.split("/")),
+            image=join_path(root, *image.split("/")),
             score=to_score(dmos[i], dmos_uri, f"dmos[{i}]"),
             score_type="DMOS",
             score_range=(1.0, 100.0),
@@ -61,7 +61,7 @@ def load_livec(root: str, storage: Storage = None) -> list[IQARow]:
     return [
         IQARow(
             dataset="livec",
-            image=join(root, "Images", names[i]),
+            image=join_path(root, "Images", names[i]),
             score=to_score(mos[i], mos_uri, f"AllMOS_release[{i}]"),
             score_type="MOS",
             score_range=(1.0, 100.0),
@@ -81,7 +81,7 @@ def load_aigciqa2023(root: str, storage: Storage = None) -> list[IQARow]:
     return [
         IQARow(
             dataset="aigciqa2023",
-            image=join(root, "Image", "allimg", f"{i}.png"),
+            image=join_path(root, "Image", "allimg", f"{i}.png"),
             score=to_score(value, uri, f"MOSz[{i}]"),
             score_type="MOS",
             score_range=(0.0, 100.0),

@@ -21,7 +21,7 @@ from rayiqa.data.annotations import (
     to_score,
 )
 from rayiqa.data.rows import DatasetError, IQARow, ScoreType
-from rayiqa.data.storage import Storage, absolute_root, join
+from rayiqa.io.fs import Storage, absolute_root, join_path
 
 
 def _numbered(template: str) -> Callable[[Any], str]:
@@ -88,7 +88,7 @@ def load_table(spec: TableSpec, root: str, storage: Storage = None, image_dir: s
         rows.append(
             IQARow(
                 dataset=spec.dataset,
-                image=join(root, folder, name) if folder else join(root, name),
+                image=join_path(root, folder, name) if folder else join_path(root, name),
                 score=to_score(raw_score, uri, f"{where} column {spec.score!r}"),
                 score_type=spec.score_type,
                 score_range=spec.score_range,
@@ -191,7 +191,7 @@ def load_csiq(root: str, storage: Storage = None) -> list[IQARow]:
         rows.append(
             IQARow(
                 dataset="csiq",
-                image=join(root, "dst_imgs", folder, f"{image_id}.{token}.{level}.png"),
+                image=join_path(root, "dst_imgs", folder, f"{image_id}.{token}.{level}.png"),
                 score=to_score(record["dmos"], uri, f"{where} column 'dmos'"),
                 score_type="DMOS",
                 score_range=(0.0, 1.0),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rayiqa.data.annotations import find_file, read_lines, split_distortion_name, to_score
 from rayiqa.data.rows import DatasetError, IQARow
-from rayiqa.data.storage import Storage, absolute_root, exists, glob, join
+from rayiqa.io.fs import Storage, absolute_root, exists, glob, join_path
 
 # PIPAL publishes Elo scores with no fixed scale; this nominal range covers the published values.
 # Min-max normalisation (rayiqa.data.splits) uses each split's own min and max, not this range.
@@ -18,7 +18,7 @@ def load_tid2013(root: str, storage: Storage = None) -> list[IQARow]:
     """
     root = absolute_root(root)
     uri = find_file(root, ("mos_with_names.txt",), storage, "tid2013")
-    std_uri = join(root, "mos_std.txt")
+    std_uri = join_path(root, "mos_std.txt")
     lines = read_lines(uri, storage)
     stds = read_lines(std_uri, storage) if exists(std_uri, storage) else None
     if stds is not None and len(stds) != len(lines):
@@ -32,7 +32,7 @@ def load_tid2013(root: str, storage: Storage = None) -> list[IQARow]:
         rows.append(
             IQARow(
                 dataset="tid2013",
-                image=join(root, "distorted_images", fields[1]),
+                image=join_path(root, "distorted_images", fields[1]),
                 score=to_score(fields[0], uri, f"line {i + 1}"),
                 score_type="MOS",
                 score_range=(0.0, 9.0),
@@ -52,7 +52,7 @@ def load_pipal(root: str, storage: Storage = None, image_dir: str = "Train_Dis")
     (PIPAL's third name field is not an ordered strength). UNCONFIRMED: image folder 'Train_Dis'.
     """
     root = absolute_root(root)
-    label_files = glob(join(root, "Train_Label", "*.txt"), storage)
+    label_files = glob(join_path(root, "Train_Label", "*.txt"), storage)
     if not label_files:
         raise DatasetError(f"pipal: no annotation file under {root!r}; looked for Train_Label/*.txt")
     rows = []
@@ -65,7 +65,7 @@ def load_pipal(root: str, storage: Storage = None, image_dir: str = "Train_Dis")
             rows.append(
                 IQARow(
                     dataset="pipal",
-                    image=join(root, image_dir, fields[0]),
+                    image=join_path(root, image_dir, fields[0]),
                     score=to_score(fields[1], uri, f"line {i + 1}"),
                     score_type="MOS",
                     score_range=PIPAL_NOMINAL_RANGE,
