@@ -65,18 +65,15 @@ from rayiqa.methods.grmp_iqa import (
 )
 from rayiqa.methods.metrics import plcc, srcc
 from rayiqa.models.clip_prompt import (
-    ClipPromptConfig,
     PromptedCLIP,
-    create_clip_prompt,
     reference_semantic_logits,
     scene_prompts,
 )
+from rayiqa.models.grmp_checkpoint import build_model, load_model, save_model
 from rayiqa.train.synthetic_sets import build_synthetic_set
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
-MODEL_CONFIG_FILE = "model.json"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"  # fine-tuning only: AdamW and scheduler state
 EVAL_BATCH = 64
@@ -124,42 +121,6 @@ def load_images(rows: Sequence[IQARow], model: PromptedCLIP, cfg: GRMPDataConfig
 
 
 # ---- model and checkpoints --------------------------------------------------------------------
-
-
-def build_model(cfg: GRMPModelConfig) -> PromptedCLIP:
-    """The prompted CLIP of `cfg`, seeded so that every worker and every run builds the same one."""
-    torch.manual_seed(cfg.seed)
-    prompt_cfg = ClipPromptConfig(
-        n_ctx=cfg.n_ctx,
-        n_visual_tokens=cfg.n_visual_tokens,
-        visual_projection=cfg.visual_projection,
-        visual_dropout=cfg.visual_dropout,
-    )
-    return create_clip_prompt(cfg.clip, cfg.pretrained, prompt_cfg)
-
-
-def save_model(model: PromptedCLIP, cfg: GRMPModelConfig, directory: str | Path) -> None:
-    """Write the whole model state and its config, so a loader needs nothing else (tiny CLIPs included)."""
-    directory = Path(directory)
-    torch.save(model.state_dict(), directory / MODEL_FILE)
-    (directory / MODEL_CONFIG_FILE).write_text(json.dumps({**cfg.model_dump(), "weights": model.weights}))
-
-
-def load_model(directory: str | Path) -> tuple[PromptedCLIP, GRMPModelConfig]:
-    """A model written by `save_model`; the architecture is built without downloading weights."""
-    directory = Path(directory)
-    for name in (MODEL_FILE, MODEL_CONFIG_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory} is not a GRMP-IQA checkpoint: {name} is missing")
-    raw = json.loads((directory / MODEL_CONFIG_FILE).read_text())
-    weights = raw.pop("weights")
-    cfg = GRMPModelConfig.model_validate(raw)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*random weights.*")  # the real weights come from the file
-        model = build_model(cfg.model_copy(update={"pretrained": None}))
-    model.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))
-    model.weights = weights
-    return model, cfg
 
 
 def _read_state(directory: str | Path) -> dict[str, Any]:
