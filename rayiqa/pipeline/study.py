@@ -137,9 +137,7 @@ def clip_features(paths: list[str], model_name: str, pretrained: str | None, dat
     import torch
     from PIL import Image
 
-    from rayiqa.io.decode import decode_image
-    from rayiqa.io.fs import resolve_fs
-    from rayiqa.io.sources import read_bytes
+    from rayiqa.io.read import ImageReadError, read_rgb
     from rayiqa.models.clip_prompt import load_clip
 
     torch.manual_seed(0)
@@ -149,12 +147,11 @@ def clip_features(paths: list[str], model_name: str, pretrained: str | None, dat
     feats = []
     with torch.inference_mode():
         for uri in paths:
-            fs, path = resolve_fs(uri, data.storage)
-            raw, kind, msg = read_bytes(uri, fs, path, data.max_bytes)
-            decoded = decode_image(raw, data.max_pixels) if raw is not None else None
-            if decoded is None or not decoded.ok:
-                raise ConfigError(f"subset: cannot read {uri} for CLIP features: {msg or decoded.error}")
-            x = preprocess(Image.fromarray(decoded.image)).unsqueeze(0)
+            try:
+                image = read_rgb(uri, data)
+            except ImageReadError as e:
+                raise ConfigError(f"subset: cannot read an image for CLIP features: {e}") from e
+            x = preprocess(Image.fromarray(image)).unsqueeze(0)
             feats.append(model.encode_image(x)[0].float().numpy())
     return np.stack(feats)
 

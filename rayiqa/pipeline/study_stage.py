@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, defaultdict
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,30 +35,18 @@ class StudyStage:
         self.design = design
         self.data = data
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._filesystems: dict[str, Any] = {}
 
     def _image(self, uri: str) -> np.ndarray:
-        """Decoded RGB image of `uri` (LRU-cached); ValueError naming the file when it cannot be read."""
-        from rayiqa.io.decode import decode_image
-        from rayiqa.io.fs import resolve_fs, split_uri
-        from rayiqa.io.sources import read_bytes
+        """Decoded RGB image of `uri` (LRU-cached); ImageReadError (a ValueError) naming the file when it cannot be read."""
+        from rayiqa.io.read import read_rgb
 
         if uri in self._cache:
             self._cache.move_to_end(uri)
             return self._cache[uri]
-        scheme, path = split_uri(uri)
-        if scheme not in self._filesystems:
-            self._filesystems[scheme] = resolve_fs(uri, self.data.storage)[0]
-        data, kind, msg = read_bytes(uri, self._filesystems[scheme], path, self.data.max_bytes)
-        if data is None:
-            raise ValueError(f"{kind}: {msg}")
-        result = decode_image(data, self.data.max_pixels)
-        if not result.ok:
-            raise ValueError(f"{uri}: {result.error_kind}: {result.error}")
-        self._cache[uri] = result.image
+        image = self._cache[uri] = read_rgb(uri, self.data)
         if len(self._cache) > IMAGE_CACHE_SIZE:
             self._cache.popitem(last=False)
-        return result.image
+        return image
 
     def _request_images(self, row: pd.Series) -> list[np.ndarray]:
         """Presentation order: each exemplar's images (reference first), then reference, test images."""

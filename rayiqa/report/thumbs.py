@@ -1,6 +1,6 @@
 """Thumbnails of the shown images with their LLM-IQA evidence drawn on: each crop's box and score.
 
-Images are read as the job read them (`rayiqa.io.sources.read_image` under the run's input limits
+Images are read as the job read them (`rayiqa.io.read.try_read_rgb` under the run's input limits
 and storage options), so s3:// inputs work; an input that is gone or unreadable now becomes a
 placeholder that says why.
 """
@@ -12,8 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from rayiqa.config import InputConfig
-from rayiqa.io.fs import resolve_fs, split_uri
-from rayiqa.io.sources import read_image
+from rayiqa.io.read import try_read_rgb
 
 THUMB_SIDE = 256  # longest side in pixels
 BOX_COLOURS = ((255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 128, 0), (0, 255, 0))
@@ -73,19 +72,16 @@ def placeholder(kind: str) -> Image.Image:
 
 
 class ImageReader:
-    """Reads inputs as the job does: `read_image` under the run's input config, one filesystem per scheme."""
+    """Reads inputs as the job does: `try_read_rgb` under the run's input config."""
 
     def __init__(self, input_cfg: InputConfig):
-        self.cfg, self.filesystems = input_cfg, {}
+        self.cfg = input_cfg
 
     def __call__(self, uri: str) -> tuple[np.ndarray | None, str | None, str | None]:
-        """As `read_image`: (image, None, None) or (None, error kind, message); never raises for a
+        """As `try_read_rgb`: (image, None, None) or (None, error kind, message); never raises for a
         bad, missing or unreachable input."""
         try:
-            scheme, path = split_uri(uri)
-            if scheme not in self.filesystems:
-                self.filesystems[scheme] = resolve_fs(uri, self.cfg.storage)[0]
-            return read_image(uri, self.filesystems[scheme], path, self.cfg)
+            return try_read_rgb(uri, self.cfg)
         except (ValueError, OSError) as e:
             return None, "read_error", f"{uri}: {type(e).__name__}: {e}"
 

@@ -10,27 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from rayiqa.config import StorageConfig
+from rayiqa.config import InputConfig, StorageConfig
 from rayiqa.data.rows import DatasetError
-from rayiqa.io.decode import decode_image, resize_batch
-from rayiqa.io.fs import resolve_fs
-from rayiqa.io.sources import read_bytes
-
-MAX_IMAGE_BYTES = 100_000_000
-MAX_IMAGE_PIXELS = 64_000_000
+from rayiqa.io.decode import resize_batch
+from rayiqa.io.read import ImageReadError, read_rgb
 
 
 def load_images(uris: list[str], storage: StorageConfig, size: int) -> np.ndarray:
-    """Read and decode training images (local or s3://) into a (N, 3, size, size) float batch; a bad file names itself."""
-    decoded = []
-    for uri in uris:
-        fs, path = resolve_fs(uri, storage)
-        data, _, message = read_bytes(uri, fs, path, MAX_IMAGE_BYTES)
-        result = decode_image(data, MAX_IMAGE_PIXELS) if data is not None else None
-        if result is None or not result.ok:
-            raise DatasetError(f"training image {uri}: {message or result.error}")
-        decoded.append(result.image)
-    return resize_batch(decoded, size)
+    """Read and decode training images (local or s3://, the scoring job's input limits) into a
+    (N, 3, size, size) float batch; a bad file names itself."""
+    limits = InputConfig(storage=storage)
+    try:
+        return resize_batch([read_rgb(uri, limits) for uri in uris], size)
+    except ImageReadError as e:
+        raise DatasetError(f"training image {e}") from e
 
 
 def load_episode(row: dict[str, Any], storage: dict, size: int) -> dict[str, Any]:
