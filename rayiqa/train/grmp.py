@@ -48,9 +48,7 @@ from rayiqa.data import (
     repeated_splits,
     split_rows,
 )
-from rayiqa.io.decode import decode_image
-from rayiqa.io.fs import resolve_fs
-from rayiqa.io.sources import read_bytes
+from rayiqa.io.read import ImageReadError, read_rgb
 from rayiqa.methods.grmp_iqa import (
     MetaTask,
     apply_meta_update,
@@ -106,13 +104,12 @@ def load_images(rows: Sequence[IQARow], model: PromptedCLIP, cfg: GRMPDataConfig
     transform = model.image_transform(is_train=False)
     tensors, labels, kept = [], [], []
     for row in rows:
-        fs, path = resolve_fs(row.image, cfg.storage)
-        data, _, error = read_bytes(row.image, fs, path, cfg.max_bytes)
-        decoded = decode_image(data, cfg.max_pixels) if data is not None else None
-        if decoded is None or not decoded.ok:
-            warnings.warn(f"skipping {row.image}: {error or decoded.error}", stacklevel=2)
+        try:
+            image = read_rgb(row.image, cfg)
+        except ImageReadError as e:
+            warnings.warn(f"skipping {e}", stacklevel=2)
             continue
-        tensors.append(transform(Image.fromarray(decoded.image)))
+        tensors.append(transform(Image.fromarray(image)))
         labels.append(row.score)
         kept.append(row)
     if not kept:
