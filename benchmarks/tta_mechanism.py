@@ -133,6 +133,7 @@ def mllm_rankings(preset: str, x: torch.Tensor) -> dict[str, np.ndarray]:
 def run(n_refs: int, levels: int, epochs: int, iterations: int, seed: int, work: Path, mllm: str | None = None) -> dict:
     """Build the sets, train, adapt every test batch with each approach (MLLM rankers when `mllm` names a
     preset); returns the measurements."""
+    from rayiqa.config.tta import TTAParams
     from rayiqa.data import make_synthetic_set
     from rayiqa.methods import llm_tta, metrics, tta_baselines
     from rayiqa.models.backbones import create_backbone
@@ -153,7 +154,7 @@ def run(n_refs: int, levels: int, epochs: int, iterations: int, seed: int, work:
     x_test = load_tensor(test_rows)
     labels = np.array([r.score for r in test_rows])
     psnr = np.array([r.labels["psnr"] for r in test_rows])
-    cfg = llm_tta.TTAConfig(n_iter=iterations, seed=seed)
+    cfg = TTAParams(iterations=iterations, seed=seed)
     external = {"psnr": psnr, "ssim": labels} | (mllm_rankings(mllm, x_test) if mllm else {})
 
     preds: dict[str, list[np.ndarray]] = {name: [] for name in ("none", "tta-iqa", "gc:base", *(f"gc:{r}" for r in external))}

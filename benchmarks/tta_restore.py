@@ -37,11 +37,12 @@ def timed(fn) -> float:
 
 def measure(backbone_name: str, n_batches: int, batch: int, size: int, iterations: int, device: str) -> list[dict]:
     """Adapt / restore / reload seconds for each of `n_batches` random batches."""
+    from rayiqa.config.tta import TTAParams
     from rayiqa.methods import llm_tta
     from rayiqa.models.backbones import create_backbone
 
     backbone = create_backbone(backbone_name, device)
-    cfg = llm_tta.TTAConfig(n_iter=iterations)
+    cfg = TTAParams(iterations=iterations)
     generator = torch.Generator().manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

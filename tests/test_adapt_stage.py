@@ -12,7 +12,8 @@ from rayiqa.config import ConfigError, LLMIQAConfig, MLLMConfig, ScoreConfig, lo
 from rayiqa.config.tta import AdaptConfig
 from rayiqa.io.samples import samples_dir
 from rayiqa.methods import llm_tta
-from rayiqa.pipeline.adapt import AdaptStage, pack_rows, plan_batches, prompt2, to_batch_tensor
+from rayiqa.methods.llm_tta import prompt2, to_batch_tensor
+from rayiqa.pipeline.adapt import AdaptStage, pack_rows, plan_batches
 from rayiqa.pipeline.score_job import run_score
 
 TINY_MLLM = MLLMConfig(preset="tiny", max_pixels=12544)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from rayiqa.config.tta import TTAParams
 from rayiqa.methods.llm_tta import (
     DEFAULT_PROMPT,
     PROMPTS,
-    TTAConfig,
     adapt_and_predict,
     adapt_norm_layers,
     cluster_contrastive_objective,
@@ -212,9 +212,9 @@ def test_projection_head_is_seeded_frozen_sigmoid():
 
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="tau=0"):
-        TTAConfig(tau=0)
+        TTAParams(tau=0)
     with pytest.raises(ValueError, match="loss_form='x'"):
-        TTAConfig(loss_form="x")  # type: ignore[arg-type]
+        TTAParams(loss_form="x")  # type: ignore[arg-type]
 
 
 # ---- the adaptation loop ----------------------------------------------------------------------
@@ -227,13 +227,13 @@ def test_only_norm_parameters_change_while_adapting(name, batch):
     backbone = create_backbone(name)
     source = state_copy(backbone)
     seen: list[dict[str, torch.Tensor]] = []
-    objective = cluster_contrastive_objective(batch, quality_clusters(RANKER), TTAConfig())
+    objective = cluster_contrastive_objective(batch, quality_clusters(RANKER), TTAParams())
 
     def recording(embed):
         seen.append(state_copy(backbone))  # state after the previous iterations' updates
         return objective(embed)
 
-    adapt_norm_layers(backbone, batch, recording, TTAConfig(n_iter=3))
+    adapt_norm_layers(backbone, batch, recording, TTAParams(iterations=3))
     adapted = seen[-1]
     changed = {k for k in source if not torch.equal(source[k], adapted[k])}
     params = dict(backbone.named_parameters())
@@ -271,7 +271,7 @@ def test_repeat_batches_are_identical_fresh_optimiser_and_source(batch):
 
 def test_adaptation_reduces_the_loss_on_a_tiny_backbone(batch):
     for form in ("paper", "tta-iqa"):
-        result = adapt_and_predict(create_backbone("tiny-cnn"), batch, RANKER, TTAConfig(loss_form=form))
+        result = adapt_and_predict(create_backbone("tiny-cnn"), batch, RANKER, TTAParams(loss_form=form))
         assert result.final_loss < result.losses[0]
         assert all(np.isfinite(result.losses))
 
@@ -279,7 +279,7 @@ def test_adaptation_reduces_the_loss_on_a_tiny_backbone(batch):
 def test_state_is_restored_when_adaptation_fails(batch):
     backbone = create_backbone("tiny-cnn")
     source = state_copy(backbone)
-    objective = cluster_contrastive_objective(batch, quality_clusters(RANKER), TTAConfig())
+    objective = cluster_contrastive_objective(batch, quality_clusters(RANKER), TTAParams())
     calls = []
 
     def failing(embed):
@@ -287,7 +287,7 @@ def test_state_is_restored_when_adaptation_fails(batch):
         return objective(embed) if len(calls) < 3 else torch.tensor(float("nan"))
 
     with pytest.raises(FloatingPointError, match="not finite at iteration 2"):
-        adapt_norm_layers(backbone, batch, failing, TTAConfig())
+        adapt_norm_layers(backbone, batch, failing, TTAParams())
     assert all(torch.equal(v, source[k]) for k, v in backbone.state_dict().items())
 
 

@@ -67,7 +67,7 @@ def serve_test_config(port: int, s3_endpoint: str, grmp_checkpoint: str) -> Serv
         "models.llm-iqa.deployment={min_replicas: 1, max_replicas: 2, target_ongoing_requests: 1, "
         "upscale_delay_s: 0.5, downscale_delay_s: 600, max_ongoing_requests: 4, num_cpus: 0.25, "
         "max_batch_size: 8, batch_wait_timeout_s: 0.01}",
-        "models.tta-tiny-cnn={kind: tta, backbone: tiny-cnn, image_size: 64, n_iter: 3, lr: 0.05, "
+        "models.tta-tiny-cnn={kind: tta, backbone: tiny-cnn, image_size: 64, iterations: 3, lr: 0.05, "
         "deployment: {num_cpus: 0.25, max_batch_size: 8, batch_wait_timeout_s: 0.2}}",
         f"models.grmp={{kind: grmp, settings: {{checkpoint: '{grmp_checkpoint}'}}, deployment: {{num_cpus: 0.2}}}}",
         "models.promptiqa={kind: promptiqa, settings: {config: {}, store_name: rayiqa-serve-test-requirements}, "

@@ -14,10 +14,10 @@ from PIL import Image
 
 from rayiqa.config import ConfigError, load_config
 from rayiqa.config.serve import DeploymentConfig, FetchConfig, LimitsConfig, ServeConfig
+from rayiqa.methods.llm_tta import to_batch_tensor
 from rayiqa.serve.app import check_exposure, decode_b64, to_image
 from rayiqa.serve.fetch import checked_address, is_public
 from rayiqa.serve.metrics import status_class
-from rayiqa.serve.tta import to_tensor_batch
 
 
 def test_shipped_config_loads_with_two_models():
@@ -80,7 +80,7 @@ def test_status_classes():
 
 def test_tta_batches_are_resized_floats_in_unit_range():
     images = [np.full((10, 20, 3), 255, np.uint8), np.zeros((30, 15, 3), np.uint8)]
-    x = to_tensor_batch(images, 8)
+    x = to_batch_tensor(images, 8)
     assert tuple(x.shape) == (2, 3, 8, 8)
     assert float(x[0].min()) == pytest.approx(1.0) and float(x[1].max()) == 0.0
 

@@ -32,7 +32,7 @@ def test_double_target_prefers_the_better_image_and_ties_within_the_margin():
 
 
 def test_questions_are_the_prompts_the_jobs_send():
-    from rayiqa.pipeline.adapt import prompt2
+    from rayiqa.methods.llm_tta import prompt2  # what the job's adapter and Serve's TTA model send
 
     rng = np.random.default_rng(0)
     seen = {}

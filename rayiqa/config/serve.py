@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 
 from rayiqa.config.base import RayConfig, Section, StorageConfig
 from rayiqa.config.score import LLMIQAConfig, MLLMConfig, SegmenterConfig
+from rayiqa.config.tta import TTAParams
 
 
 class DeploymentConfig(Section):
@@ -58,21 +59,13 @@ class LLMIQAModelConfig(Section):
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
 
 
-class TTAModelConfig(Section):
-    """An IQA backbone served with LLM-TTA: an MLLM ranks each batch, norm layers adapt, then predict."""
+class TTAModelConfig(TTAParams):
+    """An IQA backbone served with LLM-TTA: an MLLM ranks each batch, norm layers adapt, then predict;
+    the adaptation's knobs are `TTAParams`, as in the scoring job's `adapt:` section."""
 
     kind: Literal["tta"] = "tta"
-    backbone: str = "tiny-cnn"  # a rayiqa.models.backbones name
-    device: str = "cpu"
-    image_size: int = Field(default=224, gt=0)  # images are resized to a square to form a batch
-    ranker: MLLMConfig = Field(default_factory=MLLMConfig)  # reads p(good) (Eq. 2)
+    ranker: MLLMConfig = Field(default_factory=MLLMConfig)  # reads p(good) after prompt 2 (Eq. 2)
     adapt: bool = True  # False: source-model scores only (no ranker call)
-    k: int = Field(default=2, ge=2)  # cluster size (top-k / bottom-k)
-    tau: float = Field(default=0.1, gt=0)
-    lr: float = Field(default=1e-3, gt=0)
-    n_iter: int = Field(default=10, ge=1)
-    loss_form: Literal["paper", "tta-iqa"] = "paper"
-    seed: int = 2021
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
 
 

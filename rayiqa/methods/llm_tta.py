@@ -3,25 +3,30 @@ bottom-k images form quality clusters, and a group-contrastive loss on projected
 only the norm layers of the IQA backbone's feature extractor Θe before it predicts; the source
 model is restored for every batch.
 
-Pure tensor/array code: the MLLM's good/poor logits come in as arrays (the engine lives elsewhere),
-the backbone is any `rayiqa.models.backbones.IQABackbone`. Images are RGB float (B, 3, H, W) in
-[0, 1]. `adapt_norm_layers` is the adaptation loop shared with the TTA-IQA / FA-TTA-IQA baselines.
+Tensor/array code over any `rayiqa.models.backbones.IQABackbone` and any level engine; every knob
+is one `rayiqa.config.tta.TTAParams`. Images are RGB float (B, 3, H, W) in [0, 1]. The scoring job
+and the Serve deployment both build the source model with `source_backbone`, form batches with
+`to_batch_tensor` and rank with `prompt2_scores`, so one batch gets one set of adapted scores.
+`adapt_norm_layers` is the adaptation loop shared with the TTA-IQA / FA-TTA-IQA baselines.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from scipy.special import expit
 from torch import nn
 from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
 
-if TYPE_CHECKING:  # methods take any IQABackbone; no runtime dependency on the model layer
+from rayiqa.config.tta import LossForm, TTAParams
+
+if TYPE_CHECKING:  # methods take any IQABackbone and engine; the model layer is imported on use only
     from rayiqa.models.backbones.base import IQABackbone
-    from rayiqa.models.mllm.base import LevelPrompt
+    from rayiqa.models.mllm.base import LevelEngine, LevelPrompt
 
 
 # Section 4.3's prompts; the paper reads the logits of `good` and `poor` after Prompt 2 (default).
@@ -44,7 +49,19 @@ def prompt2() -> LevelPrompt:
     return LevelPrompt(user=PROMPT_1 + ".", levels=tuple(f" {w}" for w in SCORE_WORDS), assistant_prefix=PROMPT_2)
 
 
-LossForm = Literal["paper", "tta-iqa"]
+def prompt2_scores(engines: Sequence[LevelEngine], images: Sequence[np.ndarray]) -> np.ndarray:
+    """The LLM ranking of a batch: Eq. 2's S_I after `prompt2()` for each RGB uint8 image, one forward
+    per image and engine, averaged over the engines (one engine: its p(good))."""
+    from rayiqa.models.mllm.base import LevelRequest
+
+    requests = [LevelRequest(prompt2(), [im]) for im in images]
+    per_engine = []
+    for engine in engines:
+        p = engine.level_probs(requests)
+        per_engine.append(llm_quality_score(np.log(p[:, 0]), np.log(p[:, 1])))
+    return ensemble_scores(per_engine)
+
+
 Embed = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -142,31 +159,6 @@ def group_contrastive_loss(
     raise ValueError(f"form must be 'paper' or 'tta-iqa', got {form!r}")
 
 
-@dataclass(frozen=True)
-class TTAConfig:
-    """Knobs of one adaptation (Section 4.1 defaults: Adam, lr 1e-3, 10 iterations, seed 2021).
-
-    τ is not given in the paper; 0.1 is TTA-IQA's value for TReS and MUSIQ (it used 1 for MetaIQA).
-    """
-
-    k: int = 2
-    tau: float = 0.1
-    lr: float = 1e-3
-    n_iter: int = 10
-    proj_dim: int = 256
-    seed: int = 2021
-    loss_form: LossForm = "paper"
-
-    def __post_init__(self) -> None:
-        checks = {
-            "k": self.k >= 2, "tau": self.tau > 0, "lr": self.lr > 0, "n_iter": self.n_iter >= 1,
-            "proj_dim": self.proj_dim >= 1, "loss_form": self.loss_form in ("paper", "tta-iqa"),
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid TTAConfig value(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
-
-
 @dataclass
 class AdaptResult:
     """What one batch's adaptation produced; enough to explain every adapted score."""
@@ -192,6 +184,28 @@ def as_image_batch(backbone: IQABackbone, images: torch.Tensor | np.ndarray) -> 
     if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise ValueError("images must be finite RGB values in [0, 1]")
     return x.to(next(backbone.parameters()).device)
+
+
+def to_batch_tensor(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """RGB uint8 HxWx3 images -> float (B, 3, size, size) in [0, 1]: an antialiased resize of the
+    uint8 pixels, then scaling; the one way a batch is formed for the backbone."""
+    resized = [TF.resize(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1), [size, size], antialias=True)
+               for im in images]
+    return TF.to_dtype(torch.stack(resized), torch.float32, scale=True)
+
+
+def source_backbone(params: TTAParams) -> IQABackbone:
+    """The source model: `params.backbone` on `params.device` ("auto": cuda when visible), with the
+    state_dict file `params.weights` loaded when one is given."""
+    from rayiqa.models.backbones import create_backbone
+    from rayiqa.models.mllm.transformers_engine import resolve_device
+
+    device = resolve_device(params.device)
+    backbone = create_backbone(params.backbone, device)
+    if params.weights:
+        backbone.load_state_dict(torch.load(params.weights, map_location=device, weights_only=True))
+        backbone.weights = "pretrained"
+    return backbone
 
 
 def predict(backbone: IQABackbone, images: torch.Tensor) -> np.ndarray:
@@ -233,7 +247,7 @@ def adapt_norm_layers(
     backbone: IQABackbone,
     images: torch.Tensor,
     objective: Callable[[Embed], torch.Tensor],
-    cfg: TTAConfig,
+    params: TTAParams,
 ) -> tuple[np.ndarray, list[float]]:
     """Eq. 1: minimise `objective(embed)` over Θe's norm parameters, predict, restore the source.
 
@@ -246,15 +260,15 @@ def adapt_norm_layers(
     def embed(x: torch.Tensor) -> torch.Tensor:
         f = backbone.features(x)
         if not head:
-            head.append(projection_head(f.shape[1], cfg.proj_dim, cfg.seed).to(f.device))
+            head.append(projection_head(f.shape[1], params.proj_dim, params.seed).to(f.device))
         return head[0](f)
 
-    with norm_only_adaptation(backbone) as params:
-        if not params:
+    with norm_only_adaptation(backbone) as norm_params:
+        if not norm_params:
             raise ValueError(f"{type(backbone).__name__} has no affine norm parameters to adapt")
-        optimiser = torch.optim.Adam(params, lr=cfg.lr)
+        optimiser = torch.optim.Adam(norm_params, lr=params.lr)
         losses: list[float] = []
-        for it in range(cfg.n_iter):
+        for it in range(params.iterations):
             optimiser.zero_grad(set_to_none=True)
             loss = objective(embed)
             if not torch.isfinite(loss):
@@ -267,7 +281,7 @@ def adapt_norm_layers(
 
 
 def cluster_contrastive_objective(
-    images: torch.Tensor, clusters: Clusters, cfg: TTAConfig
+    images: torch.Tensor, clusters: Clusters, params: TTAParams
 ) -> Callable[[Embed], torch.Tensor]:
     """Embed the whole batch (BN statistics of all B images), contrast the two clusters' embeddings."""
     high = torch.as_tensor(clusters.high, device=images.device)
@@ -275,7 +289,7 @@ def cluster_contrastive_objective(
 
     def objective(embed: Embed) -> torch.Tensor:
         z = embed(images)
-        return group_contrastive_loss(z[high], z[low], cfg.tau, cfg.loss_form)
+        return group_contrastive_loss(z[high], z[low], params.tau, params.loss_form)
 
     return objective
 
@@ -284,7 +298,7 @@ def adapt_and_predict(
     backbone: IQABackbone,
     images: torch.Tensor | np.ndarray,
     ranker_scores: Sequence[float] | np.ndarray,
-    cfg: TTAConfig = TTAConfig(),
+    params: TTAParams = TTAParams(),
 ) -> AdaptResult:
     """LLM-TTA on one batch: clusters from the ranker's scores (p(good) or an ensemble), adapt, predict.
 
@@ -294,7 +308,7 @@ def adapt_and_predict(
     scores = _finite_vector(ranker_scores, "ranker_scores")
     if scores.size != x.shape[0]:
         raise ValueError(f"{scores.size} ranker scores for a batch of {x.shape[0]} images")
-    clusters = quality_clusters(scores, cfg.k)
+    clusters = quality_clusters(scores, params.k)
     base = predict(backbone, x)
-    adapted, losses = adapt_norm_layers(backbone, x, cluster_contrastive_objective(x, clusters, cfg), cfg)
+    adapted, losses = adapt_norm_layers(backbone, x, cluster_contrastive_objective(x, clusters, params), params)
     return AdaptResult(scores=adapted, base_scores=base, clusters=clusters, losses=losses)

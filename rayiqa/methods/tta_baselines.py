@@ -23,11 +23,11 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from rayiqa.config.tta import TTAParams
 from rayiqa.methods.llm_tta import (
     AdaptResult,
     Clusters,
     Embed,
-    TTAConfig,
     adapt_norm_layers,
     as_image_batch,
     cluster_contrastive_objective,
@@ -100,19 +100,19 @@ def rank_loss(z: torch.Tensor, z_weak: torch.Tensor, z_strong: torch.Tensor) -> 
 
 
 def tta_iqa_adapt_and_predict(
-    backbone: IQABackbone, images: torch.Tensor | np.ndarray, cfg: TTAConfig = TTAConfig(), gc_weight: float = 1.0
+    backbone: IQABackbone, images: torch.Tensor | np.ndarray, params: TTAParams = TTAParams(), gc_weight: float = 1.0
 ) -> AdaptResult:
     """TTA-IQA on one batch: rank loss + gc_weight * group-contrastive loss on the base model's clusters."""
     x = as_image_batch(backbone, images)
     base = predict(backbone, x)
-    clusters = quality_clusters(base, cfg.k)
-    weak, strong, kinds = rank_pairs(backbone, x, cfg.seed)
-    group_term = cluster_contrastive_objective(x, clusters, cfg)
+    clusters = quality_clusters(base, params.k)
+    weak, strong, kinds = rank_pairs(backbone, x, params.seed)
+    group_term = cluster_contrastive_objective(x, clusters, params)
 
     def objective(embed: Embed) -> torch.Tensor:
         return rank_loss(embed(x), embed(weak), embed(strong)) + gc_weight * group_term(embed)
 
-    adapted, losses = adapt_norm_layers(backbone, x, objective, cfg)
+    adapted, losses = adapt_norm_layers(backbone, x, objective, params)
     return AdaptResult(scores=adapted, base_scores=base, clusters=clusters, losses=losses, distortions=kinds)
 
 
@@ -135,7 +135,7 @@ def fa_tta_iqa_adapt_and_predict(
     backbone: IQABackbone,
     images: torch.Tensor | np.ndarray,
     affinity_net: nn.Module,
-    cfg: TTAConfig = TTAConfig(),
+    params: TTAParams = TTAParams(),
 ) -> AdaptResult:
     """FA-TTA-IQA on one batch; `affinity_net` maps images to (B, D) features (VGG-16 in the paper,
     see `rayiqa.models.backbones.vgg.create_vgg16_features`)."""
@@ -144,7 +144,7 @@ def fa_tta_iqa_adapt_and_predict(
     affinity_net.eval()
     with torch.no_grad():
         features = affinity_net(x.to(next(affinity_net.parameters()).device))
-    clusters = feature_affinity_clusters(base, features, cfg.k)
-    adapted, losses = adapt_norm_layers(backbone, x, cluster_contrastive_objective(x, clusters, cfg), cfg)
+    clusters = feature_affinity_clusters(base, features, params.k)
+    adapted, losses = adapt_norm_layers(backbone, x, cluster_contrastive_objective(x, clusters, params), params)
     return AdaptResult(scores=adapted, base_scores=base, clusters=clusters, losses=losses)
 

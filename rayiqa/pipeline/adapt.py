@@ -19,12 +19,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from rayiqa.config import LLMIQAConfig, MLLMConfig
 from rayiqa.config.tta import AdaptConfig
 from rayiqa.methods import llm_iqa, llm_tta, tta_baselines
-from rayiqa.methods.llm_tta import prompt2
 from rayiqa.pipeline.stages import TTA_COLUMNS, drop_pixels, missing_as_none
 
 
@@ -44,13 +42,6 @@ def plan_batches(n: int, b: int) -> list[tuple[np.ndarray, np.ndarray]]:
     if full < n:
         out.append((np.arange(n - b, n), np.arange(full, n)))
     return out
-
-
-def to_batch_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """RGB uint8 HxWx3 images -> float (B, 3, size, size) in [0, 1], antialiased resize."""
-    resized = [TF.resize(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1), [size, size], antialias=True)
-               for im in images]
-    return TF.to_dtype(torch.stack(resized), torch.float32, scale=True)
 
 
 def _resolve_models(ranker_models: list[int] | None, n_models: int) -> list[int]:
@@ -97,20 +88,11 @@ class AdaptStage:
     """One adapter actor: source backbone (+ ranker engines for prompt2), adapts each batch of B."""
 
     def __init__(self, cfg: AdaptConfig, mllms: list[MLLMConfig], method: LLMIQAConfig) -> None:
-        from rayiqa.models.backbones import create_backbone
-        from rayiqa.models.mllm.transformers_engine import resolve_device
-
         if cfg.method == "none":
             raise ValueError("adapt.method is 'none': the adapt stage should not be built")
         self.cfg, self.method = cfg, method
-        self.tta = llm_tta.TTAConfig(k=cfg.k, tau=cfg.tau, lr=cfg.lr, n_iter=cfg.iterations, seed=cfg.seed,
-                                     loss_form=cfg.loss_form)
-        self.device = resolve_device(cfg.device)
-        self.backbone = create_backbone(cfg.backbone, self.device)
-        if cfg.weights:
-            state = torch.load(cfg.weights, map_location=self.device, weights_only=True)
-            self.backbone.load_state_dict(state)
-            self.backbone.weights = "pretrained"
+        self.backbone = llm_tta.source_backbone(cfg)
+        self.device = next(self.backbone.parameters()).device
         self.models = _resolve_models(cfg.ranker_models, len(mllms))
         self.engines = []
         if cfg.method == "llm-tta" and cfg.ranker == "prompt2":
@@ -134,22 +116,15 @@ class AdaptStage:
                  for i in rows]
                 for m in self.models
             ]
-        else:
-            from rayiqa.models.mllm.base import LevelRequest
-
-            prompt = prompt2()
-            per_model = []
-            for engine in self.engines:
-                p = engine.level_probs([LevelRequest(prompt, [batch["image"][i]]) for i in rows])
-                per_model.append(llm_tta.llm_quality_score(np.log(p[:, 0]), np.log(p[:, 1])))
-        return llm_tta.ensemble_scores(per_model)
+            return llm_tta.ensemble_scores(per_model)
+        return llm_tta.prompt2_scores(self.engines, [batch["image"][i] for i in rows])
 
     def _adapter(self, ranking: np.ndarray) -> Callable[[torch.Tensor, np.ndarray], llm_tta.AdaptResult]:
         if self.cfg.method == "llm-tta":
-            return lambda x, members: llm_tta.adapt_and_predict(self.backbone, x, ranking[members], self.tta)
+            return lambda x, members: llm_tta.adapt_and_predict(self.backbone, x, ranking[members], self.cfg)
         if self.cfg.method == "tta-iqa":
-            return lambda x, members: tta_baselines.tta_iqa_adapt_and_predict(self.backbone, x, self.tta)
-        return lambda x, members: tta_baselines.fa_tta_iqa_adapt_and_predict(self.backbone, x, self.affinity_net, self.tta)
+            return lambda x, members: tta_baselines.tta_iqa_adapt_and_predict(self.backbone, x, self.cfg)
+        return lambda x, members: tta_baselines.fa_tta_iqa_adapt_and_predict(self.backbone, x, self.affinity_net, self.cfg)
 
     def _run(self, x: torch.Tensor, members: np.ndarray, adapt: Callable) -> tuple[np.ndarray, llm_tta.AdaptResult | None, str | None]:
         """(base scores, adaptation result or None, note) for one batch; a failure keeps base scores."""
@@ -172,7 +147,7 @@ class AdaptStage:
             adapt = self._adapter(ranking)
         except (ValueError, RuntimeError) as exc:  # no ranking: every batch keeps its base scores
             ranking, adapt = np.full(len(rows), np.nan), _raiser(exc)
-        images = to_batch_tensor([batch["image"][i] for i in rows], self.cfg.image_size) if rows else None
+        images = llm_tta.to_batch_tensor([batch["image"][i] for i in rows], self.cfg.image_size) if rows else None
         for members, written in plan_batches(len(rows), self.cfg.batch):
             batch_id = f"{self.batch_prefix}-{self.n_batches}"
             self.n_batches += 1

@@ -1,7 +1,7 @@
 """An IQA backbone behind Ray Serve with LLM-TTA: images of concurrent requests form a test batch
-(`@serve.batch`), an MLLM ranks it by p(good) (Eq. 2), the norm layers adapt on its top-k/bottom-k
-clusters (`adapt_and_predict`) and the adapted model predicts; the source weights are restored
-after every batch. A batch smaller than 2k cannot form two clusters and gets source-model scores.
+(`@serve.batch`), an MLLM ranks it by p(good) after prompt 2 (Eq. 2), the norm layers adapt on its
+top-k/bottom-k clusters (`adapt_and_predict`) and the adapted model predicts; the source weights are
+restored after every batch. Batch tensor, ranking and knobs (`TTAParams`) are the scoring job's own. A batch smaller than 2k cannot form two clusters and gets source-model scores.
 
 The adaptation is batch-level by design of the method: an image's adapted score depends on the
 other images of its batch, which may come from other requests.
@@ -12,22 +12,11 @@ import asyncio
 from typing import Any
 
 import numpy as np
-import torch
 from ray import serve
-from torch.nn import functional as F
 
 from rayiqa.config.serve import TTAModelConfig
 from rayiqa.methods import llm_tta
 from rayiqa.serve.base import ScoreResult
-
-RANKER_PROMPT = "Describe the image."  # the user turn; the level word follows the assistant prefix
-
-
-def to_tensor_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """RGB uint8 HxWx3 images -> float (B, 3, size, size) in [0, 1] (antialiased bilinear resize)."""
-    x = [torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255.0 for im in images]
-    resized = [F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False) for t in x]
-    return torch.cat(resized).clamp_(0.0, 1.0)
 
 
 @serve.deployment
@@ -35,36 +24,23 @@ class TTADeployment:
     """Scores from one backbone; `options["adapt"]` (default from config) picks adapted or source scores."""
 
     def __init__(self, cfg: TTAModelConfig) -> None:
-        from rayiqa.models.backbones import create_backbone
-        from rayiqa.models.mllm import LevelPrompt, create_engine
+        from rayiqa.models.mllm import create_engine
 
         self.cfg = cfg
-        self.backbone = create_backbone(cfg.backbone, cfg.device)
+        self.backbone = llm_tta.source_backbone(cfg)
+        self.device = next(self.backbone.parameters()).device
         self.ranker = create_engine(cfg.ranker) if cfg.adapt else None
-        self.prompt = LevelPrompt(
-            user=RANKER_PROMPT, levels=llm_tta.SCORE_WORDS, assistant_prefix=llm_tta.DEFAULT_PROMPT
-        )
-        self.tta = llm_tta.TTAConfig(
-            k=cfg.k, tau=cfg.tau, lr=cfg.lr, n_iter=cfg.n_iter, seed=cfg.seed, loss_form=cfg.loss_form
-        )
         self._score_batch.set_max_batch_size(cfg.deployment.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(cfg.deployment.batch_wait_timeout_s)
 
-    def ranker_scores(self, images: list[np.ndarray]) -> np.ndarray:
-        """p(good) per image: the softmax over the good/poor logits (Eq. 2's S_I)."""
-        from rayiqa.models.mllm import LevelRequest
-
-        probs = self.ranker.level_probs([LevelRequest(self.prompt, [im]) for im in images])
-        return probs[:, 0]
-
     def score_images(self, images: list[np.ndarray]) -> list[ScoreResult]:
         """Source and (when the batch allows) adapted scores for one batch, with the evidence."""
-        x = to_tensor_batch(images, self.cfg.image_size).to(self.cfg.device)
+        x = llm_tta.to_batch_tensor(images, self.cfg.image_size).to(self.device)
         n = len(images)
         evidence: dict[str, list] = {"cluster": [None] * n, "p_good": [None] * n}
         if self.ranker is not None and n >= 2 * self.cfg.k:
-            p_good = self.ranker_scores(images)
-            res = llm_tta.adapt_and_predict(self.backbone, x, p_good, self.tta)
+            p_good = llm_tta.prompt2_scores([self.ranker], images)
+            res = llm_tta.adapt_and_predict(self.backbone, x, p_good, self.cfg)
             base, adapted = res.base_scores, res.scores
             for i in res.clusters.high:
                 evidence["cluster"][i] = "high"
