@@ -29,9 +29,9 @@ class OutOfMemoryOnceScoreStage(ScoreStage):
         finally:
             self.failing = False
 
-    def _probs(self, images):
+    def _score_rows(self, batch, rows):
         import torch
 
         if self.failing:
             raise torch.OutOfMemoryError("CUDA out of memory (stand-in): tried to allocate 2.00 GiB")
-        return super()._probs(images)
+        return super()._score_rows(batch, rows)

@@ -1,13 +1,15 @@
 """The scoring job's config (`rayiqa score`, configs/score.yaml)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from rayiqa.config.base import RayConfig, Section, StageConfig, StorageConfig
-from rayiqa.config.promptiqa import PromptIQAModelConfig
+from rayiqa.config.scorers import SCORER_CONFIGS, ScorerConfig, relocated, scorer_config, value_error
 from rayiqa.config.tta import AdaptConfig
+
+LLM_IQA = "llm-iqa"  # the scorer configured by the top-level mllms / segmenter / method (the job's MLLM sections)
 
 
 class InputConfig(Section):
@@ -83,32 +85,15 @@ class LLMIQAConfig(Section):
     lam: float = Field(default=1.0, ge=0)  # lambda in s = s_global + lambda * s_local
 
 
-class ISPPItem(Section):
-    """One image-score pair of PromptIQA's prompt."""
-
-    path: str  # local path or s3:// URI (read with input.storage)
-    score: float = Field(ge=0, le=1)  # on the 0-1 scale the model was trained on (min-max normalised MOS or DMOS)
-
-
-class PromptIQAScorerConfig(Section):
-    """`scorer: promptiqa`: a trained PromptIQA scoring under the requirement its ISPP states."""
-
-    model: PromptIQAModelConfig = Field(default_factory=PromptIQAModelConfig)  # model.checkpoint is required
-    ispp: list[ISPPItem] = Field(default_factory=list)  # the image-score pair prompt (paper: 10 pairs)
-    device: str = "cpu"
-
-
-class GRMPScorerConfig(Section):
-    """`scorer: grmp`: a fine-tuned GRMP-IQA (prompted CLIP); the score is p(high | x) of Eq. 2."""
-
-    checkpoint: str | None = None  # a `rayiqa train grmp-finetune` checkpoint folder (local or s3://); required
-    device: str = "cpu"
-
-
 class ScoreConfig(Section):
-    """`rayiqa score`: score an image collection with LLM-IQA (default), a trained PromptIQA or a GRMP-IQA."""
+    """`rayiqa score`: score an image collection with a registered scorer (LLM-IQA by default).
 
-    scorer: Literal["llm-iqa", "promptiqa", "grmp"] = "llm-iqa"  # the model that scores each image
+    `scorer` names it; LLM-IQA reads `mllms`, `segmenter` and `method`, any other scorer the section
+    named after it (`grmp: {checkpoint: ...}`), validated by the config class its module registered."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)  # extras: scorer sections, checked below
+
+    scorer: str = LLM_IQA  # a registered scorer name (rayiqa.list_scorers())
     input: InputConfig = Field(default_factory=InputConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     mllms: list[MLLMConfig] = Field(default_factory=lambda: [MLLMConfig()], min_length=1)
@@ -118,9 +103,48 @@ class ScoreConfig(Section):
     segment: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=2))
     score: StageConfig = Field(default_factory=lambda: StageConfig(batch_size=16))
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
-    promptiqa: PromptIQAScorerConfig = Field(default_factory=PromptIQAScorerConfig)
-    grmp: GRMPScorerConfig = Field(default_factory=GRMPScorerConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _scorer_sections(cls, data: Any, handler: Any) -> "ScoreConfig":
+        """Validate each top-level key that names a registered scorer with that scorer's config (and the
+        chosen scorer's defaults when its section is absent); any other unknown key is refused."""
+        if not isinstance(data, dict):
+            return handler(data)
+        errors, fields = [], {}
+        for key, value in data.items():
+            if key in cls.model_fields:
+                fields[key] = value
+            elif key in SCORER_CONFIGS and key != LLM_IQA:
+                try:
+                    fields[key] = scorer_config(key, value)
+                except ValidationError as e:
+                    errors += relocated(e, (key,))
+            else:
+                errors.append({"type": "extra_forbidden", "loc": (key,), "input": value})
+        name = fields.get("scorer", LLM_IQA)
+        if isinstance(name, str) and name not in SCORER_CONFIGS:
+            errors.append(value_error(("scorer",), f"unknown scorer {name!r}; known scorers: {', '.join(sorted(SCORER_CONFIGS))}", name))
+        elif isinstance(name, str) and name != LLM_IQA and name not in fields:
+            try:
+                scorer_config(name)
+            except ValidationError as e:
+                errors += relocated(e, (name,))
+        try:
+            cfg = handler(fields)
+        except ValidationError as e:
+            errors = relocated(e, ()) + errors
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return cfg
+
+    @property
+    def scorer_config(self) -> ScorerConfig:
+        """The chosen scorer's config: LLM-IQA's from the top-level sections, another's from its section."""
+        if self.scorer == LLM_IQA:
+            return scorer_config(LLM_IQA, {"mllms": self.mllms, "segmenter": self.segmenter, "method": self.method})
+        return (self.model_extra or {}).get(self.scorer) or scorer_config(self.scorer)
 
     @model_validator(mode="after")
     def _engines_fit_their_actors(self) -> "ScoreConfig":
@@ -134,12 +158,8 @@ class ScoreConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _scorer_needs(self) -> "ScoreConfig":
-        if self.scorer == "promptiqa" and not (self.promptiqa.model.checkpoint and self.promptiqa.ispp):
-            raise ValueError("scorer promptiqa: promptiqa.model.checkpoint and promptiqa.ispp (>= 1 path/score) are required")
-        if self.scorer == "grmp" and not self.grmp.checkpoint:
-            raise ValueError("scorer grmp: grmp.checkpoint is required")
-        if self.scorer != "llm-iqa" and self.adapt.method != "none":
+    def _adapt_needs_llm_iqa(self) -> "ScoreConfig":
+        if self.scorer != LLM_IQA and self.adapt.method != "none":
             raise ValueError(f"adapt.method {self.adapt.method!r} needs scorer llm-iqa (its rankers are the job's MLLMs)")
         return self
 

@@ -1,8 +1,8 @@
 """`rayiqa score`: the scoring job as one streaming Ray Data pipeline.
 
 read input list -> decode (tasks) -> segment (SAM2 actor pool) -> score (one actor pool per MLLM,
-transformers or vLLM in the actor) -> finalize -> write Parquet; with `scorer: promptiqa | grmp` one trained-model actor pool scores
-whole images instead of segment + MLLMs. Ray Data's checkpointing (id column `path`) makes a re-run into the
+transformers or vLLM in the actor) -> finalize -> write Parquet; with another registered scorer (`scorer: promptiqa | grmp | ...`) one actor pool
+scores whole images instead of segment + MLLMs. Ray Data's checkpointing (id column `path`) makes a re-run into the
 same output resume: inputs already written are filtered out at the read and none is written twice.
 """
 from __future__ import annotations
@@ -18,13 +18,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from rayiqa.config import ScoreConfig, StageConfig
+from rayiqa.config.score import LLM_IQA
 from rayiqa.io.errors import OutputError
 from rayiqa.io.fs import join_path, resolve_fs
 from rayiqa.io.manifest import RunSummary, summarise_output, write_manifest
 from rayiqa.io.sources import list_inputs
 from rayiqa.pipeline import stages
 from rayiqa.pipeline.runtime import model_provenance, storage_error
-from rayiqa.pipeline.trained_scorer import TrainedScoreStage, scorer_id
+from rayiqa.pipeline.trained_scorer import TrainedScoreStage
 from rayiqa.runtime import configure_io_retries, ensure_ray, read_retry_args
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
         batch_format="numpy",
         **read_retry_args(),  # the input store down past the SDK's retries: Ray runs the task again
     )
-    if cfg.scorer != "llm-iqa":  # a trained single-score model: whole images, one actor pool
+    if cfg.scorer != LLM_IQA:  # a trained single-score model: whole images, one actor pool
         ds = ds.map_batches(TrainedScoreStage, fn_constructor_args=(cfg,), **_actor_args(cfg.score))
         return ds.map_batches(stages.finalize, fn_kwargs={"model_ids": model_ids, "method": cfg.method}, batch_format="numpy")
     if cfg.method.segmentation:
@@ -206,7 +207,7 @@ def build_pipeline(cfg: ScoreConfig, layout: Layout, model_ids: list[str]):
 def cpus_needed(cfg: ScoreConfig) -> float:
     """Logical CPUs the job holds at once: its actor pools at their max size, one decode task, one read
     task and Ray Data's checkpoint-filter actor (1 CPU, present when resuming)."""
-    llm_iqa = cfg.scorer == "llm-iqa"
+    llm_iqa = cfg.scorer == LLM_IQA
     pools = [(cfg.score, len(cfg.mllms) if llm_iqa else 1)] + ([(cfg.segment, 1)] if llm_iqa and cfg.method.segmentation else [])
     pools += [(cfg.adapt.stage, 1)] if cfg.adapt.method != "none" else []
     return sum(st.num_cpus * st.concurrency[1] * n for st, n in pools) + cfg.decode.num_cpus + 1 + 1
@@ -256,11 +257,11 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
 
 def _run_score(cfg: ScoreConfig, layout: Layout, n_inputs: int) -> RunSummary:
     started = time.time()
-    if cfg.scorer == "llm-iqa":
+    if cfg.scorer == LLM_IQA:
         provenance = model_provenance(cfg)
         model_ids = [m["model_id"] for m in provenance["mllms"]]
     else:
-        model_ids = [scorer_id(cfg)]
+        model_ids = [cfg.scorer_config.model_id]
         provenance = {"scorer": {"model_id": model_ids[0], "weights": "trained checkpoint"}}
     before = _parts(layout)
     ds = build_pipeline(cfg, layout, model_ids)

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from rayiqa.config import InputConfig, LLMIQAConfig, MLLMConfig, SegmenterConfig
 from rayiqa.methods import llm_iqa
+from rayiqa.scorers.llm_iqa import CropFinder, LevelModel, combine, model_scores
 
 log = logging.getLogger(__name__)
 
@@ -123,30 +124,11 @@ def decode_batch(batch: dict, input_cfg: InputConfig) -> dict:
 
 
 class SegmentStage:
-    """SAM2 automatic masks -> Algorithm 1 -> crop boxes, mask areas (and packed masks if cropping by mask).
-
-    Kept masks travel as areas and boxes; a full-size mask is drawn only for the complement and for
-    `crop: mask`, so memory follows the input image, not the number of SAM2's candidate masks."""
+    """The llm-iqa scorer's segment step (`CropFinder`) as an actor pool: crop boxes, mask areas (and
+    packed masks if cropping by mask) per row."""
 
     def __init__(self, seg_cfg: SegmenterConfig, method: LLMIQAConfig):
-        from rayiqa.models.segmenter import Sam2Segmenter
-
-        self.segmenter = Sam2Segmenter(seg_cfg)
-        self.method = method
-
-    def _crops(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """(boxes, areas, masks to pack) of Algorithm 1's final masks for one image."""
-        found = self.segmenter.masks(image)
-        t, by_mask = self.method.area_threshold, self.method.crop == "mask"
-        kept = llm_iqa.select_masks(found.areas, image.shape[:2], t)
-        boxes, areas = list(found.boxes[kept]), list(found.areas[kept])
-        masks = [found.mask(i) for i in kept] if by_mask else []
-        remain = llm_iqa.remain_mask(found.covered(kept), t) if self.method.complement else None
-        if remain is not None:
-            boxes.append(llm_iqa.bbox(remain))
-            areas.append(int(remain.sum()))
-            masks += [remain] if by_mask else []
-        return np.asarray(boxes, dtype=np.int32).reshape(-1, 4), np.asarray(areas, dtype=np.int64), masks
+        self._crops = CropFinder(seg_cfg, method)
 
     def __call__(self, batch: dict) -> dict:
         # Rebuild the per-row list columns: Ray may hand them over stacked as one ndarray.
@@ -179,36 +161,22 @@ def crops_of(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray) -> list[np
 
 
 class ScoreStage:
-    """One MLLM of the ensemble: scores the whole image and each crop with the standard-guided prompt
-    (level-token probabilities; every request of the block in one engine call), adds that model's
-    columns `*_m{index}`. A dead engine (vLLM after a device error) ends the actor's process, so Ray
-    Data starts a fresh actor and re-runs the block on it."""
+    """One MLLM of the ensemble (the llm-iqa scorer's `LevelModel`): scores the whole image and each crop
+    (every request of the block in one engine call), adds that model's columns `*_m{index}`. A dead
+    engine (vLLM after a device error) ends the actor's process, so Ray Data starts a fresh actor and
+    re-runs the block on it."""
 
     def __init__(self, mllm_cfg: MLLMConfig, method: LLMIQAConfig, index: int, last: bool = False):
-        from rayiqa.models.mllm import create_engine
-
-        self.engine = create_engine(mllm_cfg)
+        self.model = LevelModel(mllm_cfg, method)
+        self.engine = self.model.engine
         self.method = method
         self.index = index
         self.last = last  # no later stage reads the pixels: drop them
-        self.prompt = llm_iqa.standard_prompt(method.levels, method.standard)
-        self.values = self.prompt.level_values()
-
-    def _probs(self, images: list[np.ndarray]) -> np.ndarray:
-        from rayiqa.models.mllm.base import LevelRequest
-
-        return self.engine.level_probs([LevelRequest(self.prompt, [im]) for im in images])
+        self.values = self.model.values
 
     def _score_rows(self, batch: dict, rows: list[int]) -> dict[int, np.ndarray]:
         """Probabilities per row (whole image first, then crops), all rows' requests in one engine call."""
-        per_row = {i: requests_of(batch, i) for i in rows}
-        flat = [im for ims in per_row.values() for im in ims]
-        probs = self._probs(flat) if flat else np.zeros((0, len(self.values)))
-        out, at = {}, 0
-        for i, ims in per_row.items():
-            out[i] = probs[at : at + len(ims)]
-            at += len(ims)
-        return out
+        return dict(zip(rows, self.model.probs([requests_of(batch, i) for i in rows])))
 
     def __call__(self, batch: dict) -> dict:
         try:
@@ -262,11 +230,9 @@ def add_model_columns(batch: dict, k: int, probs: dict[int, np.ndarray], values:
     c_probs = [np.zeros((0, levels))] * n
     s_global, s_local = [float("nan")] * n, [float("nan")] * n
     for i, p in probs.items():
-        scores = llm_iqa.level_score(p, values, method.readout)
         g_probs[i], c_probs[i] = p[0], p[1:]
-        s_global[i], c_scores[i] = float(scores[0]), scores[1:]
-        if len(scores) > 1:
-            s_local[i] = llm_iqa.local_score(scores[1:], batch["areas"][i])
+        s_global[i], c_scores[i], local = model_scores(p, batch["areas"][i], values, method)
+        s_local[i] = float("nan") if local is None else local
     _set_model_columns(batch, k, g_probs, c_probs, c_scores, s_global, s_local)
 
 
@@ -301,9 +267,9 @@ def finalize(batch: dict, model_ids: list[str], method: LLMIQAConfig) -> pa.Tabl
         areas = np.asarray(batch["areas"][i], dtype=np.int64)
         g = [float(batch[f"global_score_m{k}"][i]) for k in ks] if ok else []
         loc = [missing_as_none(batch[f"local_score_m{k}"][i]) for k in ks] if ok else []  # NaN: no local score
-        s_k = [llm_iqa.mix_grained_score(gk, lk, method.lam) for gk, lk in zip(g, loc)]
+        s_k, score = combine(g, loc, method.lam) if ok else ([], None)
         cols["path"].append(str(batch["path"][i]))
-        cols["score"].append(llm_iqa.ensemble_score(s_k) if ok else None)
+        cols["score"].append(score)
         cols["error_kind"].append(None if ok else str(batch["error_kind"][i]))
         cols["error"].append(None if ok else str(batch["error"][i]))
         cols["width"].append(int(batch["width"][i]))
