@@ -14,7 +14,7 @@ from torchvision.ops import box_iou
 
 from rayiqa.config import SegmenterConfig
 from rayiqa.io.samples import samples_dir
-from rayiqa.models.mask_generator import Axis, RowCounter, Upsampled, lerp_rows
+from rayiqa.models.mask_generator import Axis, RowCounter, Upsampled, cell_bounds, lerp_rows
 from rayiqa.models.segmenter import Sam2Segmenter
 
 LOWERED = SegmenterConfig(points_per_side=6, points_per_batch=16, pred_iou_thresh=0.5, stability_score_thresh=0.4, box_nms_thresh=1.0)
@@ -87,8 +87,12 @@ def test_row_counts_equal_the_upsampled_masks(out, low):
     for cutoff in (-1.0, 0.0, 1.0):
         stats = up.stats(logits, [cutoff], cutoff)
         assert stats.counts[:, 0].tolist() == (full > cutoff).sum((1, 2)).tolist()
-        lo, hi = up.count_bounds(logits, cutoff)
-        assert (lo <= stats.counts[:, 0]).all() and (stats.counts[:, 0] <= hi).all()
+        lo, hi = up.count_bounds(logits, [cutoff])
+        assert (lo[:, 0] <= stats.counts[:, 0]).all() and (stats.counts[:, 0] <= hi[:, 0]).all()
+        cell_lo, cell_hi = cell_bounds(logits)  # the bounds: pixels of the cells whose corners are all (any) above
+        cells = up.ys.per_cell[:, None] * up.xs.per_cell[None, :]
+        assert lo[:, 0].tolist() == (cells * (cell_lo > cutoff)).sum((1, 2)).tolist()
+        assert hi[:, 0].tolist() == (cells * (cell_hi > cutoff)).sum((1, 2)).tolist()
         for k in range(len(logits)):
             ys, xs = torch.nonzero(full[k] > cutoff, as_tuple=True)
             box = [xs.min(), ys.min(), xs.max(), ys.max()] if len(xs) else [0, 0, 0, 0]
