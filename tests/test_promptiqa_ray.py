@@ -58,12 +58,16 @@ def _images(n, seed):
 def test_serve_deployment_requirements_and_scores(ray_local):
     from ray import serve
 
-    from rayiqa.serve.promptiqa import STORE_NAMESPACE, build_promptiqa_app
+    from rayiqa.config.serve import ServeConfig
+    from rayiqa.serve.app import build_app
+    from rayiqa.serve.promptiqa import STORE_NAMESPACE
 
-    cfg = load_config(PromptIQAServeConfig, None, [*SMALL_MODEL, "autoscaling.max_replicas=1", "num_cpus=0.25"])
+    cfg = load_config(PromptIQAServeConfig, None, SMALL_MODEL)
+    model = {"kind": "promptiqa", "settings": {"config": cfg.model_dump(), "store_name": "test-promptiqa-store"},
+             "deployment": {"num_cpus": 0.25}}
     torch.manual_seed(0)
-    handle = serve.run(build_promptiqa_app(cfg, store_name="test-promptiqa-store"), name="promptiqa-test",
-                       route_prefix=None)
+    serve.run(build_app(ServeConfig(models={"promptiqa": model}, ingress={"num_cpus": 0.1})), name="promptiqa-test", route_prefix=None)
+    handle = serve.get_deployment_handle("model-promptiqa", app_name="promptiqa-test")
     try:
         ispp = _images(5, 1)
         scores = [0.1, 0.3, 0.5, 0.7, 0.9]

@@ -101,17 +101,17 @@ def test_serve_deployment_segments_a_12_megapixel_upload_in_bounded_memory(tmp_p
     import resource
 
     from rayiqa.config.serve import LLMIQAModelConfig
-    from rayiqa.serve.llm_iqa import LLMIQADeployment, image_rows
+    from rayiqa.scorers import create_scorer
 
     cfg = load_config(LLMIQAModelConfig, None, [*SEGMENT, "method.area_threshold=0.01", "mllms=[{preset: tiny, max_pixels: 12544}]"])
-    scorer = LLMIQADeployment.func_or_class(cfg)
-    scorer.score_images([np.asarray(Image.open(photo_like(tmp_path / "s.jpg", 400, 300)))])  # one-off allocations
+    scorer = create_scorer("llm-iqa", **cfg.model_dump(include={"mllms", "segmenter", "method"}))
+    scorer.score([np.asarray(Image.open(photo_like(tmp_path / "s.jpg", 400, 300)))])  # one-off allocations
     image = np.asarray(Image.open(photo_like(tmp_path / "12mp.jpg", 4000, 3000)))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    batch = scorer.segment(image_rows([image]))
+    boxes, _, _ = scorer.crops(image)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     print(f"12 MP request, segment path: peak RSS grew {grown / MiB:.0f} MiB (image {image.nbytes / MiB:.0f} MiB)")
-    assert not batch["error_kind"][0] and len(batch["boxes"][0]) >= 1
+    assert len(boxes) >= 1
     assert grown <= image.nbytes  # mask union + remain mask: 2 bytes per pixel; SAM2's generator: 768, 8.6 GiB
-    [result] = scorer.score_images([image])
-    assert np.isfinite(result["score"]) and result["evidence"]["crop_boxes"] == batch["boxes"][0].tolist()
+    [result] = scorer.score([image])
+    assert np.isfinite(result.score) and result.evidence["crop_boxes"] == boxes.tolist()

@@ -11,10 +11,18 @@ from PIL import Image
 
 from rayiqa.config.grmp import GRMPModelConfig
 from rayiqa.methods.grmp_iqa import p_high
-from rayiqa.serve.grmp import GRMPDeployment, load_grmp_scorer
-from rayiqa.train.grmp import build_model, save_model
+from rayiqa import create_scorer
+from rayiqa.config.serve import DeploymentConfig
+from rayiqa.models.grmp_checkpoint import build_model, save_model
+from rayiqa.serve.grmp import GRMPDeployment
 
 MODEL_CFG = GRMPModelConfig(clip="tiny", seed=3)
+
+
+def load_grmp_scorer(checkpoint: str):
+    """The `grmp` scorer as the endpoint answers: one result dict per image (arrays as given)."""
+    scorer = create_scorer("grmp", checkpoint=checkpoint)
+    return lambda images: [r.as_dict() for r in scorer.score_arrays(images)]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +97,7 @@ def test_deployment_through_a_serve_handle(ray_local, checkpoint: Path, images: 
     scores, _ = expected_scores(checkpoint, images)
     serve.start(proxy_location="Disabled")  # handle calls only: no HTTP proxy actor
     try:
-        handle = serve.run(GRMPDeployment.bind(str(checkpoint), max_batch_size=4), name="grmp-test", route_prefix=None)
+        handle = serve.run(GRMPDeployment.bind(str(checkpoint), DeploymentConfig(max_batch_size=4)), name="grmp-test", route_prefix=None)
         responses = [handle.score.remote(images, {}), handle.score.remote([images[2], np.zeros((3, 3))], {})]
         first, second = (r.result(timeout_s=300) for r in responses)
     finally:

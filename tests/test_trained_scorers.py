@@ -16,7 +16,7 @@ from rayiqa.io.samples import samples_dir
 from rayiqa.methods.prompt_iqa import score_with_ispp
 from rayiqa.models.promptiqa import PromptIQA, to_batch
 from rayiqa.pipeline.score_job import run_score
-from rayiqa.serve.grmp import load_grmp_scorer
+from rayiqa.scorers import create_scorer
 from rayiqa.train.grmp import build_model, save_model
 
 SMALL = PromptIQAModelConfig(image_size=32, dim=16, num_heads=2, prompt_depth=1, ispp_depth=1, fusion_depth=1)
@@ -99,8 +99,8 @@ def test_grmp_scores_with_a_finetuned_checkpoint(ray_local, tmp_path):
     src, broken = _inputs(tmp_path)
     rows, _ = _run(tmp_path / "out", src, "grmp", f"grmp.checkpoint={checkpoint}")
     good = sorted(p for p in src.iterdir() if p.is_file())
-    results = load_grmp_scorer(str(checkpoint))([_decoded(p) for p in good])
-    expected = {p.name: r["score"] for p, r in zip(good, results)}
+    results = create_scorer("grmp", checkpoint=str(checkpoint)).score([_decoded(p) for p in good])
+    expected = {p.name: r.score for p, r in zip(good, results)}
     assert all(0 < s < 1 for s in expected.values())
     _check_rows(rows, broken, expected, f"grmp:{checkpoint}")
 

@@ -38,7 +38,7 @@ from rayiqa.config.serve import LimitsConfig, PluginModelConfig, ServeConfig
 from rayiqa.io.decode import decode_image
 from rayiqa.io.errors import ERROR_KINDS
 from rayiqa.serve import fetch as remote
-from rayiqa.serve.base import UnknownRequirement
+from rayiqa.serve.base import ScorerDeployment, UnknownRequirement
 from rayiqa.serve.metrics import EndpointMetrics
 
 log = logging.getLogger(__name__)
@@ -422,7 +422,12 @@ def build_app(cfg: ServeConfig) -> serve.Application:
     for name, model in cfg.models.items():
         options = {"name": f"model-{name}", **model.deployment.serve_options()}
         bound = deployment_class(model.kind).options(**options)
-        handles[name] = bound.bind(**model.settings) if isinstance(model, PluginModelConfig) else bound.bind(model)
+        if not isinstance(model, PluginModelConfig):
+            handles[name] = bound.bind(model)
+        elif issubclass(bound.func_or_class, ScorerDeployment):  # a scorer's deployment: batched as configured
+            handles[name] = bound.bind(**model.settings, deployment=model.deployment)
+        else:
+            handles[name] = bound.bind(**model.settings)
     digest = None
     if cfg.auth.api_key_env:  # the replicas get a salted hash of the key: the key itself is in no Ray log
         digest = key_digest(api_key(cfg), secrets.token_hex(16))

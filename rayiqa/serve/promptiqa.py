@@ -15,11 +15,10 @@ import numpy as np
 import ray
 import torch
 from ray import serve
-from ray.serve import Application
 
 from rayiqa.config.promptiqa import PromptIQAServeConfig
 from rayiqa.models.promptiqa import create_promptiqa, to_batch
-from rayiqa.serve.base import ScoreResult, UnknownRequirement
+from rayiqa.serve.base import ResultDict, UnknownRequirement
 
 STORE_NAMESPACE = "rayiqa"
 
@@ -93,20 +92,20 @@ class PromptIQADeployment:
             self.cache[name] = (torch.from_numpy(stored[0]), stored[1])
         return self.cache[name]
 
-    async def score(self, images: list[np.ndarray], options: dict[str, Any]) -> list[ScoreResult]:
-        """One ScoreResult per image under options["requirement"]; a malformed image gets an error, not a crash."""
+    async def score(self, images: list[np.ndarray], options: dict[str, Any]) -> list[ResultDict]:
+        """One result per image under options["requirement"]; a malformed image gets an error, not a crash."""
         name = options.get("requirement")
         await self._requirement(name)
         return list(await asyncio.gather(*(self._score_one(image, name) for image in images)))
 
-    async def _score_one(self, image: np.ndarray, name: str) -> ScoreResult:
+    async def _score_one(self, image: np.ndarray, name: str) -> ResultDict:
         problem = _check_image(image)
         if problem:
             return {"evidence": {"requirement": name, "error": problem}}
         return await self._score_batch((image, name))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _score_batch(self, items: list[tuple[np.ndarray, str]]) -> list[ScoreResult]:
+    @serve.batch  # sized in __init__ from the config
+    async def _score_batch(self, items: list[tuple[np.ndarray, str]]) -> list[ResultDict]:
         """One encoder pass over the batch, then one fusion pass per requirement present in it."""
         names = [name for _, name in items]
         scores = torch.empty(len(items))
@@ -117,17 +116,3 @@ class PromptIQADeployment:
                 scores[rows] = self.model.predict(features[rows], self.cache[name][0])
         return [{"score": float(s), "evidence": {"requirement": n, "ispp_size": self.cache[n][1]}}
                 for s, n in zip(scores, names)]
-
-
-def build_promptiqa_app(cfg: PromptIQAServeConfig, store_name: str = "promptiqa-requirements") -> Application:
-    """The deployment bound to `cfg`, with its autoscaling and per-replica resources."""
-    scaling = cfg.autoscaling
-    return PromptIQADeployment.options(
-        autoscaling_config={
-            "min_replicas": scaling.min_replicas,
-            "max_replicas": scaling.max_replicas,
-            "target_ongoing_requests": scaling.target_ongoing_requests,
-        },
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-        max_ongoing_requests=max(cfg.max_batch_size * 2, 8),
-    ).bind(cfg.model_dump(), store_name)

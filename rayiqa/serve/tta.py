@@ -16,7 +16,7 @@ from ray import serve
 
 from rayiqa.config.serve import TTAModelConfig
 from rayiqa.methods import llm_tta
-from rayiqa.serve.base import ScoreResult
+from rayiqa.serve.base import ResultDict as ScoreResult
 
 
 @serve.deployment
