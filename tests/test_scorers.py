@@ -1,0 +1,126 @@
+"""The scorer registry: `rayiqa.create_scorer` for every registered scorer on the tiny presets, config
+errors that name the scorer or key, a toy scorer registered from one module, and the same scores from
+a scorer object and from the scoring job on a real local Ray."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import torch
+from PIL import Image
+
+import rayiqa
+from rayiqa.config import ConfigError, ScoreConfig, load_config
+from rayiqa.config.grmp import GRMPModelConfig
+from rayiqa.config.promptiqa import PromptIQAModelConfig
+from rayiqa.io.samples import samples_dir
+from rayiqa.models.grmp_checkpoint import build_model, save_model
+from rayiqa.models.promptiqa import PromptIQA
+from rayiqa.pipeline.score_job import run_score
+
+SMALL = PromptIQAModelConfig(image_size=32, dim=16, num_heads=2, prompt_depth=1, ispp_depth=1, fusion_depth=1)
+BUILTIN = ["grmp", "llm-iqa", "promptiqa"]
+EVIDENCE = {
+    "llm-iqa": {"global_probs", "crop_boxes", "crop_areas", "crop_weights", "crop_scores", "model_scores", "weights"},
+    "promptiqa": {"ispp_size"},
+    "grmp": {"logit_high", "logit_low", "weights"},
+}
+
+
+def _samples(n: int, offset: int = 0) -> list[Path]:
+    return sorted(p for p in samples_dir().iterdir() if p.suffix == ".jpg")[offset : offset + n]
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Each built-in scorer's config keys on tiny models (trained scorers from checkpoints written here)."""
+    root = tmp_path_factory.mktemp("scorers")
+    torch.manual_seed(0)
+    promptiqa_ckpt = root / "promptiqa.pt"
+    torch.save(PromptIQA(SMALL).eval().state_dict(), promptiqa_ckpt)
+    grmp_ckpt = root / "grmp"
+    grmp_ckpt.mkdir()
+    grmp_cfg = GRMPModelConfig(clip="tiny", seed=3)
+    with pytest.warns(UserWarning, match="random weights"):
+        save_model(build_model(grmp_cfg), grmp_cfg, grmp_ckpt)
+    ispp = [{"path": str(p), "score": s} for p, s in zip(_samples(3, offset=10), [0.9, 0.5, 0.1])]
+    return {
+        "llm-iqa": {"mllms": [{"preset": "tiny", "max_pixels": 12544}], "method": {"area_threshold": 0.01}},
+        "promptiqa": {"model": {**SMALL.model_dump(exclude={"checkpoint"}), "checkpoint": str(promptiqa_ckpt)}, "ispp": ispp},
+        "grmp": {"checkpoint": str(grmp_ckpt)},
+    }
+
+
+def test_list_scorers_names_the_builtin_ones() -> None:
+    assert set(BUILTIN) <= set(rayiqa.list_scorers())
+    assert rayiqa.list_scorers() == sorted(rayiqa.list_scorers())
+
+
+def test_import_rayiqa_does_not_import_torch() -> None:
+    import subprocess
+
+    code = "import sys, rayiqa; print(rayiqa.list_scorers()); assert 'torch' not in sys.modules and 'ray' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "llm-iqa" in out.stdout
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_every_scorer_scores_arrays_pil_images_and_paths(name: str, configs: dict) -> None:
+    paths = _samples(2)
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    scorer = rayiqa.create_scorer(name, **configs[name])
+    results = scorer.score([arrays[0], Image.open(paths[1]), str(paths[0])])
+    assert len(results) == 3
+    for r in results:
+        assert isinstance(r, rayiqa.ScoreResult) and np.isfinite(r.score)
+        assert EVIDENCE[name] <= set(r.evidence)
+    assert results[2].score == pytest.approx(results[0].score, abs=1e-6)  # a path and its decoded array agree
+
+
+def test_unknown_scorer_and_bad_keys_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown scorer 'clip'.*grmp, llm-iqa, promptiqa"):
+        rayiqa.create_scorer("clip")
+    with pytest.raises(ConfigError, match=r"scorer 'grmp': .*chekpoint: unknown key"):
+        rayiqa.create_scorer("grmp", chekpoint="x")
+    with pytest.raises(ConfigError, match=r"method\.levels"):
+        rayiqa.create_scorer("llm-iqa", method={"levels": 4})
+    with pytest.raises(ConfigError, match=r"grmp\.chekpoint: unknown key"):
+        load_config(ScoreConfig, None, ["scorer=grmp", "grmp.checkpoint=x", "grmp.chekpoint=x"])
+
+
+def test_a_toy_scorer_from_one_module_is_listed_and_configured() -> None:
+    import toy_scorer  # registers "toy" (tests/toy_scorer.py is the whole scorer)
+
+    assert "toy" in rayiqa.list_scorers()
+    cfg = load_config(ScoreConfig, None, ["scorer=toy", "toy.offset=0.5"])
+    assert cfg.scorer_config == toy_scorer.ToyConfig(offset=0.5) and cfg.scorer_config.model_id == "toy"
+    [r] = rayiqa.create_scorer("toy", offset=0.5).score([np.full((4, 4, 3), 255, np.uint8)])
+    assert r.score == pytest.approx(1.5) and r.evidence == {"mean": 1.0}
+    with pytest.raises(ConfigError, match=r"toy\.ofset: unknown key"):
+        load_config(ScoreConfig, None, ["scorer=toy", "toy.ofset=1"])
+
+
+@pytest.mark.parametrize("name", ["llm-iqa", "grmp"])
+def test_scorer_and_score_job_agree(name: str, configs: dict, ray_local, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in _samples(3):
+        (src / p.name).write_bytes(p.read_bytes())
+    sections = configs[name] if name != "llm-iqa" else {}
+    overrides = [f"scorer={name}", f"input.uri={src}", f"output.uri={tmp_path / 'out'}", "decode.batch_size=2",
+                 "score.batch_size=2", *(f"{k}={v}" for k, v in configs["llm-iqa"].items() if name == "llm-iqa")]
+    if name != "llm-iqa":
+        overrides += [f"{name}.{k}={v}" for k, v in sections.items()]
+    run_score(load_config(ScoreConfig, None, overrides))
+    rows = {Path(r["path"]).name: r for r in pads.dataset(str(tmp_path / "out"), format="parquet").to_table().to_pylist()}
+    files = sorted(src.iterdir())
+    results = rayiqa.create_scorer(name, **configs[name]).score([str(p) for p in files])
+    assert len(rows) == 3
+    for p, r in zip(files, results):
+        assert rows[p.name]["score"] == pytest.approx(r.score, abs=1e-5)
+        if name == "llm-iqa":
+            assert rows[p.name]["crop_boxes"] == r.evidence["crop_boxes"]
