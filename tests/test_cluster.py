@@ -20,7 +20,8 @@ from rayiqa.config import load_config
 from rayiqa.config.grmp import GRMPFinetuneConfig, GRMPTrainConfig
 from rayiqa.config.promptiqa import PromptIQATrainConfig
 from rayiqa.config.score import ScoreConfig
-from rayiqa.config.serve import LLMIQAModelConfig, ServeConfig, TTAModelConfig
+from rayiqa.config.serve import ServeConfig, TTAModelConfig
+from rayiqa.scorers.llm_iqa import LLMIQAScorerConfig
 from rayiqa.config.study import StudyConfig
 from rayiqa.io.fs import split_uri
 
@@ -81,8 +82,9 @@ def used_models(cfg) -> list[str]:
         return [m.preset for m in cfg.mllms] + [cfg.subset.clip_model]
     names = []
     for model in cfg.models.values():
-        if isinstance(model, LLMIQAModelConfig):
-            names += [m.preset for m in model.mllms] + ([model.segmenter.preset] if model.method.segmentation else [])
+        if isinstance(getattr(model, "scorer", None), LLMIQAScorerConfig):
+            llm_iqa = model.scorer
+            names += [m.preset for m in llm_iqa.mllms] + ([llm_iqa.segmenter.preset] if llm_iqa.method.segmentation else [])
         elif isinstance(model, TTAModelConfig):
             names += [model.backbone, model.ranker.preset]
     return names
@@ -101,8 +103,8 @@ def storage_paths(cfg) -> dict[str, str]:
         return paths | ({"finetune.init_checkpoint": init} if init else {})
     if isinstance(cfg, StudyConfig):
         return {"output.uri": cfg.output.uri} | ({"data.root": cfg.data.root} if cfg.data.root else {})
-    return {f"models.{name}.segmenter.checkpoint": m.segmenter.checkpoint for name, m in cfg.models.items()
-            if isinstance(m, LLMIQAModelConfig) and m.segmenter.checkpoint}
+    return {f"models.{name}.segmenter.checkpoint": m.scorer.segmenter.checkpoint for name, m in cfg.models.items()
+            if isinstance(getattr(m, "scorer", None), LLMIQAScorerConfig) and m.scorer.segmenter.checkpoint}
 
 
 @dataclass(frozen=True)

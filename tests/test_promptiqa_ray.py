@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rayiqa.config import load_config
-from rayiqa.config.promptiqa import PromptIQAModelConfig, PromptIQAServeConfig, PromptIQATrainConfig
+from rayiqa.config.promptiqa import PromptIQAModelConfig, PromptIQATrainConfig
 from rayiqa.models.promptiqa import load_promptiqa
 from rayiqa.serve.base import UnknownRequirement
 
@@ -62,10 +62,8 @@ def test_serve_deployment_requirements_and_scores(ray_local):
     from rayiqa.serve.app import build_app
     from rayiqa.serve.promptiqa import STORE_NAMESPACE
 
-    cfg = load_config(PromptIQAServeConfig, None, SMALL_MODEL)
-    model = {"kind": "promptiqa", "settings": {"config": cfg.model_dump(), "store_name": "test-promptiqa-store"},
-             "deployment": {"num_cpus": 0.25}}
-    torch.manual_seed(0)
+    small = load_config(PromptIQAModelConfig, None, [o.removeprefix("model.") for o in SMALL_MODEL])
+    model = {"kind": "promptiqa", "model": small.model_dump(), "deployment": {"num_cpus": 0.25}}
     serve.run(build_app(ServeConfig(models={"promptiqa": model}, ingress={"num_cpus": 0.1})), name="promptiqa-test", route_prefix=None)
     handle = serve.get_deployment_handle("model-promptiqa", app_name="promptiqa-test")
     try:
@@ -93,4 +91,4 @@ def test_serve_deployment_requirements_and_scores(ray_local):
             handle.register_requirement.remote("bad", ispp[:3], [0.1, 0.2]).result(timeout_s=RESULT_TIMEOUT_S)
     finally:
         serve.delete("promptiqa-test")
-        ray_local.kill(ray_local.get_actor("test-promptiqa-store", namespace=STORE_NAMESPACE))
+        ray_local.kill(ray_local.get_actor("promptiqa-test-model-promptiqa-requirements", namespace=STORE_NAMESPACE))

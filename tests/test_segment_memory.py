@@ -100,11 +100,11 @@ def test_serve_deployment_segments_a_12_megapixel_upload_in_bounded_memory(tmp_p
     its segment path grows the process's peak RSS by less than the image itself, then it scores."""
     import resource
 
-    from rayiqa.config.serve import LLMIQAModelConfig
-    from rayiqa.scorers import create_scorer
+    from rayiqa.scorers import build_scorer
+    from rayiqa.scorers.llm_iqa import LLMIQAScorerConfig
 
-    cfg = load_config(LLMIQAModelConfig, None, [*SEGMENT, "method.area_threshold=0.01", "mllms=[{preset: tiny, max_pixels: 12544}]"])
-    scorer = create_scorer("llm-iqa", **cfg.model_dump(include={"mllms", "segmenter", "method"}))
+    cfg = load_config(LLMIQAScorerConfig, None, [*SEGMENT, "method.area_threshold=0.01", "mllms=[{preset: tiny, max_pixels: 12544}]"])
+    scorer = build_scorer(cfg)
     scorer.score([np.asarray(Image.open(photo_like(tmp_path / "s.jpg", 400, 300)))])  # one-off allocations
     image = np.asarray(Image.open(photo_like(tmp_path / "12mp.jpg", 4000, 3000)))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

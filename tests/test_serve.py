@@ -69,9 +69,8 @@ def serve_test_config(port: int, s3_endpoint: str, grmp_checkpoint: str) -> Serv
         "max_batch_size: 8, batch_wait_timeout_s: 0.01}",
         "models.tta-tiny-cnn={kind: tta, backbone: tiny-cnn, image_size: 64, iterations: 3, lr: 0.05, "
         "deployment: {num_cpus: 0.25, max_batch_size: 8, batch_wait_timeout_s: 0.2}}",
-        f"models.grmp={{kind: grmp, settings: {{checkpoint: '{grmp_checkpoint}'}}, deployment: {{num_cpus: 0.2}}}}",
-        "models.promptiqa={kind: promptiqa, settings: {config: {}, store_name: rayiqa-serve-test-requirements}, "
-        "deployment: {num_cpus: 0.2}}",
+        f"models.grmp={{kind: grmp, checkpoint: '{grmp_checkpoint}', deployment: {{num_cpus: 0.2}}}}",
+        "models.promptiqa={kind: promptiqa, deployment: {num_cpus: 0.2}}",
     ]
     return load_config(ServeConfig, "configs/serve.yaml", overrides)
 

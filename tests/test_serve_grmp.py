@@ -12,9 +12,9 @@ from PIL import Image
 from rayiqa.config.grmp import GRMPModelConfig
 from rayiqa.methods.grmp_iqa import p_high
 from rayiqa import create_scorer
-from rayiqa.config.serve import DeploymentConfig
+from rayiqa.config.serve import ScorerModelConfig
 from rayiqa.models.grmp_checkpoint import build_model, save_model
-from rayiqa.serve.grmp import GRMPDeployment
+from rayiqa.serve.base import ScorerDeployment
 
 MODEL_CFG = GRMPModelConfig(clip="tiny", seed=3)
 
@@ -97,7 +97,8 @@ def test_deployment_through_a_serve_handle(ray_local, checkpoint: Path, images: 
     scores, _ = expected_scores(checkpoint, images)
     serve.start(proxy_location="Disabled")  # handle calls only: no HTTP proxy actor
     try:
-        handle = serve.run(GRMPDeployment.bind(str(checkpoint), DeploymentConfig(max_batch_size=4)), name="grmp-test", route_prefix=None)
+        handle = serve.run(ScorerDeployment.bind(ScorerModelConfig.model_validate(
+            {"kind": "grmp", "checkpoint": str(checkpoint), "deployment": {"max_batch_size": 4}})), name="grmp-test", route_prefix=None)
         responses = [handle.score.remote(images, {}), handle.score.remote([images[2], np.zeros((3, 3))], {})]
         first, second = (r.result(timeout_s=300) for r in responses)
     finally:

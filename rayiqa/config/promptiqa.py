@@ -1,4 +1,4 @@
-"""PromptIQA configs: the network, mixed-dataset training on Ray Train, and the Serve deployment.
+"""PromptIQA configs: the network and mixed-dataset training on Ray Train (scoring: rayiqa.scorers.promptiqa).
 
 Defaults are the offline demo (tiny random-weight encoder, synthetic sets made from the bundled
 pristine photos); `configs/train-promptiqa.yaml` documents every key and the paper's values.
@@ -109,20 +109,3 @@ class PromptIQATrainConfig(Section):
         if repeated:
             raise ValueError(f"datasets: {repeated} listed more than once")
         return self
-
-
-class AutoscalingSection(Section):
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=2, gt=0)
-    target_ongoing_requests: float = Field(default=4.0, gt=0)
-
-
-class PromptIQAServeConfig(Section):
-    """The PromptIQA Serve deployment: requirement cache, request batching, autoscaling."""
-
-    model: PromptIQAModelConfig = Field(default_factory=PromptIQAModelConfig)
-    max_batch_size: int = Field(default=8, gt=0)  # images per batched forward (@serve.batch)
-    batch_wait_timeout_s: float = Field(default=0.05, ge=0)
-    num_cpus: float = Field(default=0.5, gt=0)  # per replica
-    num_gpus: float = Field(default=0.0, ge=0)
-    autoscaling: AutoscalingSection = Field(default_factory=AutoscalingSection)

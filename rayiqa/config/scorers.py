@@ -22,6 +22,7 @@ class ScorerConfig(Section):
 
 
 SCORER_CONFIGS: dict[str, type[ScorerConfig]] = {}
+ENDPOINT = {"endpoint": True}  # validation context of a scorer behind the endpoint (requests may bring what a job's config must)
 
 
 def register_config(cls: type[ScorerConfig]) -> type[ScorerConfig]:
@@ -36,13 +37,14 @@ def scorer_names() -> list[str]:
     return sorted(SCORER_CONFIGS)
 
 
-def scorer_config(name: str, raw: Any = None) -> ScorerConfig:
+def scorer_config(name: str, raw: Any = None, context: dict | None = None) -> ScorerConfig:
     """The config of scorer `name` from a mapping (None: its defaults). Raises ValueError for a name
-    nobody registered (listing the known ones), pydantic's ValidationError for a bad key or value."""
+    nobody registered (listing the known ones), pydantic's ValidationError for a bad key or value.
+    `context` is pydantic's validation context (ENDPOINT: the scorer runs behind the endpoint)."""
     if name not in SCORER_CONFIGS:
         raise ValueError(f"unknown scorer {name!r}; known scorers: {', '.join(scorer_names())}")
     cls = SCORER_CONFIGS[name]
-    return raw if isinstance(raw, cls) else cls.model_validate(raw or {})
+    return raw if isinstance(raw, cls) else cls.model_validate(raw or {}, context=context)
 
 
 def relocated(err: ValidationError, prefix: tuple) -> list[dict]:

@@ -3,10 +3,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import (
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SerializationInfo,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
 from rayiqa.config.base import RayConfig, Section, StorageConfig
-from rayiqa.config.score import LLMIQAConfig, MLLMConfig, SegmenterConfig
+from rayiqa.config.score import MLLMConfig
+from rayiqa.config.scorers import ENDPOINT, SCORER_CONFIGS, ScorerConfig, relocated, scorer_config, value_error
 from rayiqa.config.tta import TTAParams
 
 
@@ -49,14 +58,36 @@ class DeploymentConfig(Section):
         }
 
 
-class LLMIQAModelConfig(Section):
-    """LLM-IQA scoring (the `rayiqa score` method) behind one deployment."""
+class ScorerModelConfig(Section):
+    """A registered scorer behind one deployment: `kind` names it (rayiqa.list_scorers()) and its config
+    keys, those of its section in configs/score.yaml, sit beside `deployment`."""
 
-    kind: Literal["llm-iqa"] = "llm-iqa"
-    mllms: list[MLLMConfig] = Field(default_factory=lambda: [MLLMConfig()], min_length=1)
-    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
-    method: LLMIQAConfig = Field(default_factory=LLMIQAConfig)
+    kind: str
+    scorer: SerializeAsAny[ScorerConfig]
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _scorer_keys(cls, data: Any, handler: Any) -> "ScorerModelConfig":
+        """Validate the entry's scorer keys with the config class the scorer `kind` registered."""
+        if not isinstance(data, dict):
+            return handler(data)
+        own = {k: data[k] for k in ("kind", "deployment") if k in data}
+        keys = data["scorer"] if "scorer" in data else {k: v for k, v in data.items() if k not in own}  # dumped, or as written
+        errors = []
+        try:
+            own["scorer"] = scorer_config(data.get("kind"), keys, ENDPOINT)
+        except ValidationError as e:
+            errors += relocated(e, ())
+        except ValueError as e:
+            errors.append(value_error(("kind",), str(e), data.get("kind")))
+        try:
+            cfg = handler(own)
+        except ValidationError as e:
+            errors = [err for err in relocated(e, ()) if err["loc"] != ("scorer",)] + errors
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return cfg
 
 
 class TTAModelConfig(TTAParams):
@@ -69,15 +100,23 @@ class TTAModelConfig(TTAParams):
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
 
 
-class PluginModelConfig(Section):
-    """A deployment written in its own module (PromptIQA, GRMP); `settings` go to its constructor."""
+def _model_entry(value: Any) -> Any:
+    """One `models:` entry: `kind: tta` is the LLM-TTA backbone, any other kind a registered scorer."""
+    if isinstance(value, (ScorerModelConfig, TTAModelConfig)):
+        return value
+    kind = value.get("kind") if isinstance(value, dict) else None
+    try:
+        return (TTAModelConfig if kind == "tta" else ScorerModelConfig).model_validate(value)
+    except ValidationError as e:  # errors located under the kind, as pydantic's tagged unions put them
+        known = kind == "tta" or kind in SCORER_CONFIGS
+        raise ValidationError.from_exception_data("ModelConfig", relocated(e, (kind,) if known else ())) from None
 
-    kind: Literal["promptiqa", "grmp"]
-    settings: dict[str, Any] = Field(default_factory=dict)
-    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+def _dump_entry(entry: Section, info: SerializationInfo) -> dict[str, Any]:
+    return entry.model_dump(mode=info.mode)
 
 
-ModelConfig = Annotated[Union[LLMIQAModelConfig, TTAModelConfig, PluginModelConfig], Field(discriminator="kind")]
+ModelConfig = Annotated[Union[ScorerModelConfig, TTAModelConfig], PlainValidator(_model_entry), PlainSerializer(_dump_entry)]
 
 
 class HTTPConfig(Section):
@@ -119,6 +158,7 @@ class ServeConfig(Section):
     fetch: FetchConfig = Field(default_factory=FetchConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)  # for s3:// image URIs
     models: dict[str, ModelConfig] = Field(
-        default_factory=lambda: {"llm-iqa": LLMIQAModelConfig(), "tta-tiny-cnn": TTAModelConfig()}, min_length=1
+        default_factory=lambda: {"llm-iqa": ScorerModelConfig(kind="llm-iqa", scorer=scorer_config("llm-iqa")),
+                                 "tta-tiny-cnn": TTAModelConfig()}, min_length=1
     )
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -1,10 +1,10 @@
 """`promptiqa`: a trained PromptIQA scoring under the requirement its image-score pair prompt (ISPP) states."""
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from rayiqa.config import InputConfig, Section
 from rayiqa.config.promptiqa import PromptIQAModelConfig
@@ -32,20 +32,20 @@ class PromptIQAScorerConfig(ScorerConfig):
         return f"promptiqa:{self.model.checkpoint}"
 
     @model_validator(mode="after")
-    def _trained_and_prompted(self) -> "PromptIQAScorerConfig":
-        if not (self.model.checkpoint and self.ispp):
+    def _trained_and_prompted(self, info: ValidationInfo) -> "PromptIQAScorerConfig":
+        endpoint = (info.context or {}).get("endpoint")  # there requests register requirements (ISPPs)
+        if not endpoint and not (self.model.checkpoint and self.ispp):
             raise ValueError("promptiqa.model.checkpoint and promptiqa.ispp (>= 1 path/score) are required")
         return self
 
 
 class PromptIQAScorer(Scorer):
-    """The ISPP's assessment prompt F_AP is computed once; each batch is then one encoder pass and one
-    image-prompt fusion pass. Evidence: the ISPP's size."""
+    """An ISPP's assessment prompt F_AP is computed once (`prompt_features`); each batch is then one
+    encoder pass (`features`) and one image-prompt fusion pass per prompt (`predict`). `score` uses the
+    config's ISPP; evidence: its size."""
 
     def __init__(self, config: PromptIQAScorerConfig, input_cfg: InputConfig) -> None:
-        import torch
-
-        from rayiqa.models.promptiqa import create_promptiqa, to_batch
+        from rayiqa.models.promptiqa import create_promptiqa
         from rayiqa.scorers.base import read_rgb
 
         super().__init__(config, input_cfg)
@@ -54,20 +54,40 @@ class PromptIQAScorer(Scorer):
             ispp_images = [read_rgb(item.path, input_cfg) for item in config.ispp]
         except ValueError as exc:
             raise ValueError(f"promptiqa.ispp: {exc}") from exc
-        ispp_scores = torch.tensor([item.score for item in config.ispp], dtype=torch.float32, device=config.device)
-        with torch.no_grad():
-            self.prompt = self.model.ispp_features(to_batch(ispp_images, config.model.image_size).to(config.device), ispp_scores)
+        self.prompt = self.prompt_features(ispp_images, [item.score for item in config.ispp]) if ispp_images else None
 
-    def score_arrays(self, images: list[np.ndarray]) -> list[ScoreResult]:
+    def prompt_features(self, images: list[np.ndarray], scores: list[float]) -> Any:
+        """F_AP (k x dim) of the ISPP (images[i], scores[i])."""
         import torch
 
         from rayiqa.models.promptiqa import to_batch
 
+        with torch.no_grad():
+            batch = to_batch(images, self.config.model.image_size).to(self.config.device)
+            return self.model.ispp_features(batch, torch.tensor(scores, dtype=torch.float32, device=self.config.device))
+
+    def features(self, images: list[np.ndarray]) -> Any:
+        """V(I) of each image: one encoder pass."""
+        import torch
+
+        from rayiqa.models.promptiqa import to_batch
+
+        with torch.no_grad():
+            return self.model.encode(to_batch(images, self.config.model.image_size).to(self.config.device))
+
+    def predict(self, features: Any, prompt: Any) -> list[float]:
+        """Scores of encoded images under one assessment prompt F_AP."""
+        import torch
+
+        with torch.no_grad():
+            return self.model.predict(features, prompt).cpu().tolist()
+
+    def score_arrays(self, images: list[np.ndarray]) -> list[ScoreResult]:
+        if self.prompt is None:
+            raise ValueError("promptiqa: no ISPP to score under (set promptiqa.ispp)")
         if not images:
             return []
-        with torch.no_grad():
-            features = self.model.encode(to_batch(images, self.config.model.image_size).to(self.config.device))
-            scores = self.model.predict(features, self.prompt).cpu().tolist()
+        scores = self.predict(self.features(images), self.prompt)
         return [ScoreResult(s, {"ispp_size": len(self.config.ispp)}) for s in scores]
 
 

@@ -34,7 +34,7 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from rayiqa.config import ConfigError, load_config
-from rayiqa.config.serve import LimitsConfig, PluginModelConfig, ServeConfig
+from rayiqa.config.serve import LimitsConfig, ServeConfig
 from rayiqa.io.decode import decode_image
 from rayiqa.io.errors import ERROR_KINDS
 from rayiqa.serve import fetch as remote
@@ -43,12 +43,11 @@ from rayiqa.serve.metrics import EndpointMetrics
 
 log = logging.getLogger(__name__)
 
-# model kind -> "module:DeploymentClass"; the PromptIQA and GRMP modules plug in by these names.
+# Models with their own request API (PromptIQA's requirements, the TTA backbone's adapt flag), imported
+# on demand; every other kind is a registered scorer behind ScorerDeployment.
 DEPLOYMENTS: dict[str, str] = {
-    "llm-iqa": "rayiqa.serve.llm_iqa:LLMIQADeployment",
-    "tta": "rayiqa.serve.tta:TTADeployment",
     "promptiqa": "rayiqa.serve.promptiqa:PromptIQADeployment",
-    "grmp": "rayiqa.serve.grmp:GRMPDeployment",
+    "tta": "rayiqa.serve.tta:TTADeployment",
 }
 REQUIREMENT_KINDS = frozenset({"promptiqa"})
 DECODE_STATUS = {"too_large": 413, "too_many_bytes": 413}  # other decode failures: 415
@@ -411,7 +410,9 @@ class IngressDeployment(Ingress):
 
 
 def deployment_class(kind: str) -> Any:
-    """The deployment class of a model kind (imported on demand, so absent plug-ins cost nothing)."""
+    """The deployment class of a model kind: its own (imported on demand) or ScorerDeployment."""
+    if kind not in DEPLOYMENTS:
+        return ScorerDeployment
     module, _, name = DEPLOYMENTS[kind].partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -421,13 +422,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
     handles = {}
     for name, model in cfg.models.items():
         options = {"name": f"model-{name}", **model.deployment.serve_options()}
-        bound = deployment_class(model.kind).options(**options)
-        if not isinstance(model, PluginModelConfig):
-            handles[name] = bound.bind(model)
-        elif issubclass(bound.func_or_class, ScorerDeployment):  # a scorer's deployment: batched as configured
-            handles[name] = bound.bind(**model.settings, deployment=model.deployment)
-        else:
-            handles[name] = bound.bind(**model.settings)
+        handles[name] = deployment_class(model.kind).options(**options).bind(model)
     digest = None
     if cfg.auth.api_key_env:  # the replicas get a salted hash of the key: the key itself is in no Ray log
         digest = key_digest(api_key(cfg), secrets.token_hex(16))

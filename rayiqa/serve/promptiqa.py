@@ -16,8 +16,8 @@ import ray
 import torch
 from ray import serve
 
-from rayiqa.config.promptiqa import PromptIQAServeConfig
-from rayiqa.models.promptiqa import create_promptiqa, to_batch
+from rayiqa.config.serve import ScorerModelConfig
+from rayiqa.scorers import build_scorer
 from rayiqa.serve.base import ResultDict, UnknownRequirement
 
 STORE_NAMESPACE = "rayiqa"
@@ -52,17 +52,18 @@ def _check_image(image: Any) -> str | None:
 
 @serve.deployment
 class PromptIQADeployment:
-    """One PromptIQA model per replica; requirements registered by name, images batched per forward."""
+    """The `promptiqa` scorer per replica; requirements registered by name, images batched per forward."""
 
-    def __init__(self, config: dict[str, Any], store_name: str = "promptiqa-requirements") -> None:
-        self.cfg = PromptIQAServeConfig.model_validate(config)
-        self.model = create_promptiqa(self.cfg.model)
+    def __init__(self, cfg: ScorerModelConfig) -> None:
+        self.scorer = build_scorer(cfg.scorer)
+        context = serve.get_replica_context()  # one store per application and model
         self.store = RequirementStore.options(
-            name=store_name, namespace=STORE_NAMESPACE, get_if_exists=True, lifetime="detached"
+            name=f"{context.app_name}-{context.deployment}-requirements", namespace=STORE_NAMESPACE,
+            get_if_exists=True, lifetime="detached",
         ).remote()
         self.cache: dict[str, tuple[torch.Tensor, int]] = {}
-        self._score_batch.set_max_batch_size(self.cfg.max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self._score_batch.set_max_batch_size(cfg.deployment.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(cfg.deployment.batch_wait_timeout_s)
 
     async def register_requirement(self, name: str, images: list[np.ndarray], scores: list[float]) -> dict[str, Any]:
         """Compute and store F_AP of the ISPP (images[i], scores[i]); re-registering a name replaces it."""
@@ -74,9 +75,7 @@ class PromptIQADeployment:
             problem = _check_image(image)
             if problem:
                 raise ValueError(f"requirement {name!r}: image {i}: {problem}")
-        with torch.no_grad():
-            batch = to_batch(images, self.cfg.model.image_size)
-            features = self.model.ispp_features(batch, torch.tensor(scores, dtype=torch.float32))
+        features = self.scorer.prompt_features(images, scores).cpu()
         self.cache[name] = (features, len(images))
         await self.store.put.remote(name, features.numpy(), len(images))
         return {"name": name, "k": len(images)}
@@ -104,15 +103,16 @@ class PromptIQADeployment:
             return {"evidence": {"requirement": name, "error": problem}}
         return await self._score_batch((image, name))
 
-    @serve.batch  # sized in __init__ from the config
+    @serve.batch  # sized in __init__ from the model's deployment section
     async def _score_batch(self, items: list[tuple[np.ndarray, str]]) -> list[ResultDict]:
         """One encoder pass over the batch, then one fusion pass per requirement present in it."""
         names = [name for _, name in items]
-        scores = torch.empty(len(items))
-        with torch.no_grad():
-            features = self.model.encode(to_batch([image for image, _ in items], self.cfg.model.image_size))
-            for name in set(names):
-                rows = torch.tensor([i for i, n in enumerate(names) if n == name])
-                scores[rows] = self.model.predict(features[rows], self.cache[name][0])
+        scores = [0.0] * len(items)
+        features = self.scorer.features([image for image, _ in items])
+        device = features.device
+        for name in set(names):
+            rows = [i for i, n in enumerate(names) if n == name]
+            for i, s in zip(rows, self.scorer.predict(features[rows], self.cache[name][0].to(device))):
+                scores[i] = s
         return [{"score": float(s), "evidence": {"requirement": n, "ispp_size": self.cache[n][1]}}
                 for s, n in zip(scores, names)]
