@@ -35,7 +35,6 @@ from rayiqa.methods.tta_baselines import (
 from rayiqa.models.backbones import create_backbone, wrap_module
 from rayiqa.models.backbones.vgg import create_vgg16_features
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

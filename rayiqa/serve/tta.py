@@ -1,7 +1,9 @@
 """An IQA backbone behind Ray Serve with LLM-TTA: images of concurrent requests form a test batch
 (`@serve.batch`), an MLLM ranks it by p(good) after prompt 2 (Eq. 2), the norm layers adapt on its
 top-k/bottom-k clusters (`adapt_and_predict`) and the adapted model predicts; the source weights are
-restored after every batch. Batch tensor, ranking and knobs (`TTAParams`) are the scoring job's own. A batch smaller than 2k cannot form two clusters and gets source-model scores.
+restored after every batch. A batch smaller than 2k cannot form two clusters and gets source-model
+scores. Knobs (`TTAParams`), batch tensor and ranking are the scoring job's own, so the endpoint and
+the job give one batch the same scores.
 
 The adaptation is batch-level by design of the method: an image's adapted score depends on the
 other images of its batch, which may come from other requests.
