@@ -9,7 +9,7 @@ import torch
 
 from broken import write_broken_files
 from rayiqa.config import ConfigError, LLMIQAConfig, MLLMConfig, ScoreConfig, load_config
-from rayiqa.config.tta import AdaptConfig
+from rayiqa.config.tta import AdaptConfig, TTAParams
 from rayiqa.io.samples import samples_dir
 from rayiqa.methods import llm_tta
 from rayiqa.methods.llm_tta import prompt2, to_batch_tensor
@@ -42,6 +42,21 @@ def test_adapt_config_rejects_batches_too_small_for_the_clusters():
     with pytest.raises(ConfigError, match="stage.batch_size"):
         load_config(ScoreConfig, None, ["adapt.stage.batch_size=4"])
     assert load_config(ScoreConfig).adapt.method == "none"  # the plain job is unchanged by default
+
+
+def test_job_and_serve_share_one_tta_parameter_object_with_documented_keys():
+    import yaml
+
+    from rayiqa.config.serve import ServeConfig, TTAModelConfig
+
+    knobs = set(TTAParams.model_fields)
+    assert issubclass(AdaptConfig, TTAParams) and issubclass(TTAModelConfig, TTAParams)
+    assert yaml.safe_load(open("configs/score.yaml"))["adapt"].keys() >= knobs  # every knob documented, one name each
+    assert yaml.safe_load(open("configs/serve.yaml"))["models"]["tta-tiny-cnn"].keys() >= knobs
+    with pytest.raises(ConfigError, match=r"adapt\.tau: .*tau=0"):
+        load_config(ScoreConfig, None, ["adapt.tau=0"])
+    with pytest.raises(ConfigError, match=r"models\.tta-tiny-cnn\.tta\.n_iter: unknown key"):
+        load_config(ServeConfig, "configs/serve.yaml", ["models.tta-tiny-cnn.n_iter=3"])
 
 
 def _batch(n, errors=(), seed=0):
