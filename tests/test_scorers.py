@@ -22,11 +22,12 @@ from rayiqa.models.promptiqa import PromptIQA
 from rayiqa.pipeline.score_job import run_score
 
 SMALL = PromptIQAModelConfig(image_size=32, dim=16, num_heads=2, prompt_depth=1, ispp_depth=1, fusion_depth=1)
-BUILTIN = ["grmp", "llm-iqa", "promptiqa"]
+BUILTIN = ["grmp", "llm-iqa", "llm-tta", "promptiqa"]
 EVIDENCE = {
     "llm-iqa": {"global_probs", "crop_boxes", "crop_areas", "crop_weights", "crop_scores", "model_scores", "weights"},
     "promptiqa": {"ispp_size"},
     "grmp": {"logit_high", "logit_low", "weights"},
+    "llm-tta": {"base_score", "adapted_score", "cluster", "p_good", "final_loss", "weights"},
 }
 
 
@@ -51,6 +52,7 @@ def configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         "llm-iqa": {"mllms": [{"preset": "tiny", "max_pixels": 12544}], "method": {"area_threshold": 0.01}},
         "promptiqa": {"model": {**SMALL.model_dump(exclude={"checkpoint"}), "checkpoint": str(promptiqa_ckpt)}, "ispp": ispp},
         "grmp": {"checkpoint": str(grmp_ckpt)},
+        "llm-tta": {"image_size": 64, "iterations": 2, "device": "cpu"},
     }
 
 
@@ -82,7 +84,7 @@ def test_every_scorer_scores_arrays_pil_images_and_paths(name: str, configs: dic
 
 
 def test_unknown_scorer_and_bad_keys_are_named() -> None:
-    with pytest.raises(ConfigError, match=r"unknown scorer 'clip'.*grmp, llm-iqa, promptiqa"):
+    with pytest.raises(ConfigError, match=r"unknown scorer 'clip'.*grmp, llm-iqa, llm-tta, promptiqa"):
         rayiqa.create_scorer("clip")
     with pytest.raises(ConfigError, match=r"scorer 'grmp': .*chekpoint: unknown key"):
         rayiqa.create_scorer("grmp", chekpoint="x")
@@ -124,3 +126,22 @@ def test_scorer_and_score_job_agree(name: str, configs: dict, ray_local, tmp_pat
         assert rows[p.name]["score"] == pytest.approx(r.score, abs=1e-5)
         if name == "llm-iqa":
             assert rows[p.name]["crop_boxes"] == r.evidence["crop_boxes"]
+
+
+def test_llm_tta_scorer_and_the_endpoint_deployment_agree(configs: dict, tmp_path: Path) -> None:
+    """One batch of 6 (>= 2k: adapted) through the scorer and through Serve's TTA deployment in-process,
+    from one source weights file."""
+    from rayiqa.config.serve import TTAModelConfig
+    from rayiqa.config.tta import TTAParams
+    from rayiqa.methods.llm_tta import source_backbone
+    from rayiqa.serve.tta import TTADeployment
+
+    weights = tmp_path / "backbone.pt"
+    torch.save(source_backbone(TTAParams(**configs["llm-tta"])).state_dict(), weights)
+    cfg = {**configs["llm-tta"], "weights": str(weights)}
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in _samples(6)]
+    results = rayiqa.create_scorer("llm-tta", **cfg).score(images)
+    served = TTADeployment.func_or_class(TTAModelConfig(**cfg)).score_images(images)
+    assert all(r.evidence["adapted"] for r in results)
+    assert [r.score for r in results] == pytest.approx([s["score"] for s in served], abs=1e-6)
+    assert [r.evidence["cluster"] for r in results] == [s["evidence"]["cluster"] for s in served]
