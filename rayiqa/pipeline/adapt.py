@@ -8,8 +8,9 @@ than B good images gives a short batch: base scores are kept and `tta_note` says
 pass through untouched. The backbone is back at its source state after every batch.
 
 Rankers (llm-tta): `llm-iqa` reads the job's own LLM-IQA scores (zero extra MLLM forwards);
-`prompt2` asks the paper's prompt 2 through the same engine class, one extra forward per image
-because it is a different prompt (and one more copy of each ranking MLLM in this actor's memory).
+`prompt2` asks the paper's prompt 2 through the same engine class (`llm_tta.prompt2_scores`, Serve's
+TTA ranking too), one extra forward per image because it is a different prompt (and one more copy of
+each ranking MLLM in this actor's memory).
 """
 from __future__ import annotations
 
