@@ -18,6 +18,9 @@ from torch import Tensor, nn
 from rayiqa.config.promptiqa import PromptIQAModelConfig
 from rayiqa.io.decode import resize_batch
 
+MODEL_FILE = "model.pt"  # a checkpoint folder's weights
+MODEL_CONFIG_FILE = "model_config.json"  # and the network's shape (PromptIQAModelConfig)
+
 TINY_ENCODER = dict(model_name="resnet10t", channels=(8, 16, 32, 64), stem_width=4)
 
 
@@ -120,13 +123,19 @@ def _state_dict(obj: object, path: str) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
+def save_promptiqa(model: PromptIQA, folder: str | Path) -> None:
+    """Write the weights (`MODEL_FILE`) and the shape (`MODEL_CONFIG_FILE`) that `load_promptiqa` reads back."""
+    torch.save(model.state_dict(), Path(folder) / MODEL_FILE)
+    (Path(folder) / MODEL_CONFIG_FILE).write_text(model.cfg.model_dump_json(indent=2))
+
+
 def load_promptiqa(path: str, cfg: PromptIQAModelConfig) -> PromptIQA:
     """A PromptIQA of shape `cfg` with the weights at `path` (a .pt file or a folder holding model.pt).
 
     Accepts our checkpoints and DDP-saved ones ('module.' prefixes, extra entries such as the prompt
     count are ignored). A state dict of another architecture fails with the mismatching keys named.
     """
-    file = Path(path) / "model.pt" if Path(path).is_dir() else Path(path)
+    file = Path(path) / MODEL_FILE if Path(path).is_dir() else Path(path)
     state = _state_dict(torch.load(file, map_location="cpu", weights_only=False), str(file))
     model = PromptIQA(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)

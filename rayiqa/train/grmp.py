@@ -8,17 +8,16 @@ G_sem (as sums of per-worker gradients of losses weighted by their share of the 
 Eq. 8, because QGR must project the global gradients; that is why it does not use DDP, whose hooks
 `torch.autograd.grad` bypasses. Meta-tasks need random access by index, so every worker decodes
 the (small) labelled image set itself instead of streaming Ray Data shards. Checkpoints hold the
-whole model (`model.pt`), its config (`model.json`) and the run state (`state.json`: epoch,
-per-epoch history); rerunning with the same `run.name`, or a Ray Train retry after a worker failure
-(up to `run.max_failures`), resumes from the latest one.
+model's files (`rayiqa.models.grmp_checkpoint`) and the run state (`rayiqa.train.skeleton`'s
+TRAIN_STATE_FILE: epoch, per-epoch history, and when fine-tuning the optimiser and scheduler);
+rerunning with the same `run.name`, or a Ray Train retry after a worker failure (up to
+`run.max_failures`), resumes from the latest one. An s3:// `run.storage_path` is reached with
+`data.storage`.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,16 +29,9 @@ import ray.train
 import torch
 import torch.distributed as dist
 from PIL import Image
-from ray.train.torch import TorchTrainer
 from torch import Tensor
 
-from rayiqa.config.grmp import (
-    GRMPDataConfig,
-    GRMPFinetuneConfig,
-    GRMPModelConfig,
-    GRMPTrainConfig,
-    TrainRunConfig,
-)
+from rayiqa.config.grmp import GRMPDataConfig, GRMPFinetuneConfig, GRMPModelConfig, GRMPTrainConfig
 from rayiqa.data import (
     IQARow,
     load_dataset,
@@ -68,12 +60,12 @@ from rayiqa.models.clip_prompt import (
     scene_prompts,
 )
 from rayiqa.models.grmp_checkpoint import build_model, load_model, save_model
-from rayiqa.train.synthetic_sets import build_synthetic_set
+from rayiqa.runtime import ensure_ray
+from rayiqa.train.skeleton import fit, load_train_state, report, resume_folder, run_config, save_train_state
+from rayiqa.train.synthetic_sets import ensure_synthetic_set
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
-OPTIMIZER_FILE = "optimizer.pt"  # fine-tuning only: AdamW and scheduler state
 EVAL_BATCH = 64
 
 # ---- data -------------------------------------------------------------------------------------
@@ -90,11 +82,11 @@ class ImageSet:
 
 def load_rows(cfg: GRMPDataConfig) -> list[IQARow]:
     """The dataset's rows (raw scores), building the synthetic set at `root` first when `synthetic_source` is set
-    (an s3:// root is what Ray Train workers on other nodes can read)."""
+    and `root` has none yet (an s3:// root is what Ray Train workers on other nodes can read)."""
     if cfg.synthetic_source is not None:
         if cfg.dataset != "synthetic":
             raise ValueError(f"data.synthetic_source is set but data.dataset is {cfg.dataset!r}, not 'synthetic'")
-        build_synthetic_set(cfg.root, cfg.synthetic_source, cfg.synthetic_types, cfg.synthetic_levels, 0, cfg.storage)
+        ensure_synthetic_set(cfg.root, cfg.synthetic_source, cfg.synthetic_types, cfg.synthetic_levels, 0, cfg.storage)
     rows = load_dataset(cfg.dataset, cfg.root, cfg.storage, **cfg.options)
     return rows[: cfg.limit] if cfg.limit else rows
 
@@ -117,25 +109,20 @@ def load_images(rows: Sequence[IQARow], model: PromptedCLIP, cfg: GRMPDataConfig
     return ImageSet(torch.stack(tensors), torch.tensor(labels, dtype=torch.float32), kept)
 
 
-# ---- model and checkpoints --------------------------------------------------------------------
+# ---- checkpoints ------------------------------------------------------------------------------
 
 
 def _read_state(directory: str | Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / STATE_FILE).read_text())
+    """A checkpoint's run state: epoch and per-epoch history."""
+    return load_train_state(Path(directory))
 
 
-def _report(metrics: dict[str, Any], state: dict[str, Any], model: PromptedCLIP, cfg: GRMPModelConfig,
-            extra: dict[str, Any] | None = None) -> None:
-    """`ray.train.report` from every worker; rank 0 attaches the checkpoint (model + run state)."""
-    if ray.train.get_context().get_world_rank() != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        save_model(model, cfg, tmp)
-        (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
-        if extra:
-            torch.save(extra, Path(tmp) / OPTIMIZER_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+def _saver(model: PromptedCLIP, cfg: GRMPModelConfig, optimizer: Any = None, scheduler: Any = None, **state: Any):
+    """What `report` calls on rank 0 to fill a checkpoint folder: the model's files and the run state."""
+    def save(folder: Path) -> None:
+        save_model(model, cfg, folder)
+        save_train_state(folder, optimizer, scheduler, **state)
+    return save
 
 
 # ---- distributed helpers ----------------------------------------------------------------------
@@ -180,20 +167,24 @@ def evaluate(model: PromptedCLIP, images: Tensor, labels: Tensor) -> dict[str, f
     return {"srcc": srcc(scores, labels.numpy()), "plcc": plcc(scores, labels.numpy())}
 
 
-def _run(loop: Any, config: dict[str, Any], run: TrainRunConfig) -> ray.train.Result:
-    storage = run.storage_path if "://" in run.storage_path else os.path.abspath(run.storage_path)
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=run.num_workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker}
-        ),
-        run_config=ray.train.RunConfig(
-            name=run.name, storage_path=storage, checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
-        ),
-    )
-    return trainer.fit()
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the last checkpoint is and the per-epoch metrics read back from it."""
+
+    checkpoint: str
+    history: list[dict[str, Any]]
+
+
+def _fit(loop: Any, config: dict[str, Any], cfg: GRMPTrainConfig | GRMPFinetuneConfig) -> TrainResult:
+    """Run `loop` on Ray Train under `cfg.run`; the last checkpoint and its history."""
+    run = cfg.run
+    result = fit(loop, config, run_config(run.name, run.storage_path, run.max_failures, storage=cfg.data.storage),
+                 num_workers=run.num_workers, cpus_per_worker=run.cpus_per_worker, use_gpu=run.use_gpu)
+    if result.checkpoint is None:
+        raise RuntimeError(f"the run reported no checkpoint (error: {result.error})")
+    with result.checkpoint.as_directory() as directory:
+        history = _read_state(directory)["history"]
+    return TrainResult(result.checkpoint.path, history)
 
 
 # ---- meta-prompt pre-training (Sec. 3.3) ------------------------------------------------------
@@ -260,12 +251,10 @@ def _pretrain_loop(config: dict[str, Any]) -> None:
     held_out = load_images(config["eval_rows"], model, cfg.data) if config["eval_rows"] else None
     tasks = build_meta_tasks([row.distortion for row in train.rows], cfg.meta.support_fraction, cfg.meta.seed)
     state: dict[str, Any] = {"epoch": 0, "history": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resumed, _ = load_model(directory)
-            state = _read_state(directory)
-        model.load_state_dict(resumed.state_dict())
+    with resume_folder() as folder:
+        if folder is not None:
+            model.load_state_dict(load_model(folder)[0].state_dict())
+            state = _read_state(folder)
     rank, world = _rank_world()
     resumed_from = state["epoch"]
     for epoch in range(state["epoch"] + 1, cfg.meta.epochs + 1):
@@ -279,34 +268,16 @@ def _pretrain_loop(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "resumed_from": resumed_from, "meta_updates": updates,
                    "zero_shot_srcc": scores["srcc"], "zero_shot_plcc": scores["plcc"]}
         state = {"epoch": epoch, "history": [*state["history"], metrics]}
-        _report(metrics, state, model, cfg.model)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Where the last checkpoint is and the per-epoch metrics read back from it."""
-
-    checkpoint: str
-    history: list[dict[str, Any]]
-
-
-def _result(result: ray.train.Result) -> TrainResult:
-    if result.checkpoint is None:
-        raise RuntimeError(f"the run reported no checkpoint (error: {result.error})")
-    with result.checkpoint.as_directory() as directory:
-        history = _read_state(directory)["history"]
-    return TrainResult(result.checkpoint.path, history)
+        report(metrics, _saver(model, cfg.model, **state))
 
 
 def pretrain_grmp(cfg: GRMPTrainConfig) -> TrainResult:
     """Meta-prompt pre-training on Ray Train; resumes when `run.name` already holds a checkpoint."""
-    from rayiqa.runtime import ensure_ray
-
     ensure_ray(cfg.ray)
     train_rows, eval_rows = split_meta_rows(min_max_normalize(load_rows(cfg.data), invert_dmos=True),
                                             cfg.meta.held_out_types)
     config = {"cfg": cfg.model_dump(), "train_rows": train_rows, "eval_rows": eval_rows}
-    return _result(_run(_pretrain_loop, config, cfg.run))
+    return _fit(_pretrain_loop, config, cfg)
 
 
 # ---- fine-tuning with QGR (Sec. 3.4) ----------------------------------------------------------
@@ -355,15 +326,10 @@ def _finetune_loop(config: dict[str, Any]) -> None:
     held = load_images(config["eval_rows"], model, cfg.data)
     scene_tokens = model.tokenize(scene_prompts())
     state: dict[str, Any] = {"epoch": 0, "history": [{"epoch": 0, **evaluate(model, held.images, held.labels)}]}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resumed, _ = load_model(directory)
-            state = _read_state(directory)
-            extra = torch.load(Path(directory) / OPTIMIZER_FILE, weights_only=False)
-        model.load_state_dict(resumed.state_dict())
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
+    with resume_folder() as folder:
+        if folder is not None:
+            model.load_state_dict(load_model(folder)[0].state_dict())
+            state = load_train_state(folder, optimizer, scheduler)
     resumed_from = state["epoch"]
     for epoch in range(state["epoch"] + 1, ft.epochs + 1):
         angles, losses = [], []
@@ -382,8 +348,8 @@ def _finetune_loop(config: dict[str, Any]) -> None:
         loss = float(np.mean(losses)) if losses else float("nan")
         metrics = {"epoch": epoch, "resumed_from": resumed_from, "loss": loss, "angle_deg": angles, **scores}
         state = {"epoch": epoch, "history": [*state["history"], metrics]}
-        _report({k: v for k, v in metrics.items() if k != "angle_deg"} | {"angle_deg_mean": float(np.mean(angles))},
-                state, model, model_cfg, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        report({k: v for k, v in metrics.items() if k != "angle_deg"} | {"angle_deg_mean": float(np.mean(angles))},
+               _saver(model, model_cfg, optimizer, scheduler, **state))
 
 
 def _normalized(rows: Sequence[IQARow]) -> list[IQARow]:
@@ -394,14 +360,12 @@ def finetune_grmp(cfg: GRMPFinetuneConfig, train_rows: Sequence[IQARow] | None =
                   eval_rows: Sequence[IQARow] | None = None) -> TrainResult:
     """QGR fine-tuning on Ray Train. Without rows: the dataset split `train_fraction` / rest (by reference
     image when rows have one), each side min-max scaled to [0, 1] on its own scores."""
-    from rayiqa.runtime import ensure_ray
-
     ensure_ray(cfg.ray)
     if train_rows is None or eval_rows is None:
         split = split_rows(load_rows(cfg.data), cfg.finetune.train_fraction, cfg.finetune.seed)
         train_rows, eval_rows = _normalized(split.train), _normalized(split.test)
     config = {"cfg": cfg.model_dump(), "train_rows": list(train_rows), "eval_rows": list(eval_rows)}
-    return _result(_run(_finetune_loop, config, cfg.run))
+    return _fit(_finetune_loop, config, cfg)
 
 
 def replace_run(cfg: GRMPFinetuneConfig, name: str) -> GRMPFinetuneConfig:

@@ -5,33 +5,31 @@ and cuts each training split into episodes of `batch_size` images of one dataset
 each image is prompted by the others). Episodes of all datasets are shuffled together into one Ray
 Dataset that every worker streams its shard of. Each epoch ends with a checkpoint (model, optimiser,
 scheduler, epoch, step) in the run's storage and validation SRCC/PLCC per dataset; a rerun with the
-same storage_path + name, or a Ray Train retry after a worker failure, resumes from the latest one.
+same storage_path + name, or a Ray Train retry after a worker failure, resumes from the latest one
+(`rayiqa.train.skeleton`).
 """
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayiqa.config import StorageConfig, load_config
 from rayiqa.config.promptiqa import DatasetSpec, PromptIQATrainConfig
 from rayiqa.data import DatasetError, load_dataset, normalize_split, split_rows
 from rayiqa.data.rows import IQARow
 from rayiqa.data.splits import Split
-from rayiqa.io.fs import resolve_fs, split_uri
 from rayiqa.methods.metrics import plcc, srcc
 from rayiqa.methods.prompt_iqa import InBatchPromptIQA, in_batch_loss, sample_ispp, score_with_ispp
-from rayiqa.models.promptiqa import PromptIQA
+from rayiqa.models.promptiqa import PromptIQA, load_promptiqa, save_promptiqa
 from rayiqa.runtime import ensure_ray
 from rayiqa.train.episodes import load_episode, load_images
-from rayiqa.train.synthetic_sets import build_synthetic_set, has_synthetic_set
+from rayiqa.train.skeleton import fit, load_train_state, report, resume_folder, run_config, save_train_state
+from rayiqa.train.synthetic_sets import ensure_synthetic_set
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +38,8 @@ def prepare_synthetic(cfg: PromptIQATrainConfig) -> None:
     """Build each `synthetic` dataset root (local or s3://) that has no annotations yet from `cfg.synthetic.pristine`."""
     src = cfg.synthetic
     roots = {d.root for d in cfg.datasets if d.name == "synthetic"} if src.make else set()
-    for root in sorted(r for r in roots if not has_synthetic_set(r, cfg.storage)):
-        log.info("making synthetic set %s from %s", root, src.pristine)
-        build_synthetic_set(root, src.pristine, src.types, src.levels, src.seed, cfg.storage)
+    for root in sorted(roots):
+        ensure_synthetic_set(root, src.pristine, src.types, src.levels, src.seed, cfg.storage)
 
 
 def load_splits(cfg: PromptIQATrainConfig) -> dict[str, Split]:
@@ -97,26 +94,6 @@ def validate(model: PromptIQA, sets: dict[str, dict[str, list]], storage: Storag
     return metrics
 
 
-def _restore(model: PromptIQA, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, int]:
-    """Load the latest checkpoint Ray Train hands this worker; (epoch, step) to continue from."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, 0
-    with checkpoint.as_directory() as folder:
-        model.load_state_dict(torch.load(Path(folder) / "model.pt", map_location="cpu"))
-        state = torch.load(Path(folder) / "train_state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["epoch"], state["step"]
-
-
-def _save(folder: Path, model: PromptIQA, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int) -> None:
-    torch.save(model.state_dict(), folder / "model.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step},
-               folder / "train_state.pt")
-    (folder / "model_config.json").write_text(model.cfg.model_dump_json(indent=2))
-
-
 def train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: stream episodes of its shard, L1 on in-batch predictions after RS/RF, report per epoch.
 
@@ -124,12 +101,13 @@ def train_loop(config: dict[str, Any]) -> None:
     Ray Train retry after a worker failure shows in the metrics where it resumed.
     """
     cfg = PromptIQATrainConfig.model_validate(config["cfg"])
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    model = PromptIQA(cfg.model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.cosine_epochs)
-    start_epoch, step = _restore(model, optimizer, scheduler)
+    rank = ray.train.get_context().get_world_rank()
+    with resume_folder() as folder:
+        model = PromptIQA(cfg.model) if folder is None else load_promptiqa(str(folder), cfg.model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.cosine_epochs)
+        progress = {"epoch": 0, "step": 0} if folder is None else load_train_state(folder, optimizer, scheduler)
+    start_epoch, step = progress["epoch"], progress["step"]
     resumed_from_step = step  # 0 on a fresh start; after a worker failure, the checkpoint's step
     trained = ray.train.torch.prepare_model(InBatchPromptIQA(model))
     shard = ray.train.get_dataset_shard("train")
@@ -155,25 +133,12 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             model.eval()
             metrics |= validate(model, config["val"], cfg.storage)
-            with tempfile.TemporaryDirectory() as tmp:
-                _save(Path(tmp), model, optimizer, scheduler, epoch + 1, step)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
 
+        def save(folder, epoch=epoch + 1, step=step):
+            save_promptiqa(model, folder)
+            save_train_state(folder, optimizer, scheduler, epoch=epoch, step=step)
 
-def _run_config(cfg: PromptIQATrainConfig) -> ray.train.RunConfig:
-    if split_uri(cfg.storage_path)[0] == "s3":
-        fs, path = resolve_fs(cfg.storage_path, cfg.storage)
-        storage = {"storage_path": path, "storage_filesystem": fs}
-    else:
-        storage = {"storage_path": str(Path(cfg.storage_path).resolve())}
-    return ray.train.RunConfig(
-        name=cfg.name,
-        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        **storage,
-    )
+        report(metrics, save)
 
 
 def train_promptiqa(cfg: PromptIQATrainConfig) -> ray.train.Result:
@@ -186,18 +151,12 @@ def train_promptiqa(cfg: PromptIQATrainConfig) -> ray.train.Result:
         load_episode, fn_kwargs={"storage": cfg.storage.model_dump(), "size": cfg.model.image_size},
         num_cpus=cfg.loader_cpus, compute=ray.data.TaskPoolStrategy(size=cfg.loader_tasks),
     )
-    trainer = TorchTrainer(
+    return fit(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "val": validation_sets(splits, cfg.ispp_size, cfg.ispp_sampling, cfg.seed)},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
-        ),
-        run_config=_run_config(cfg),
-        datasets={"train": train},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        {"cfg": cfg.model_dump(), "val": validation_sets(splits, cfg.ispp_size, cfg.ispp_sampling, cfg.seed)},
+        run_config(cfg.name, cfg.storage_path, cfg.max_failures, cfg.keep_checkpoints, cfg.storage),
+        num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu, datasets={"train": train},
     )
-    return trainer.fit()
 
 
 def summarize(result: ray.train.Result, datasets: list[DatasetSpec]) -> str:

@@ -2,10 +2,12 @@
 
 On a cluster the driver builds the set and the Ray Train workers (other nodes) read it, so the root
 must be storage they all reach: an `s3://` root is built in a local temporary folder and uploaded
-with pyarrow, and `s3://` pristine images are downloaded the same way first.
+with pyarrow, and `s3://` pristine images are downloaded the same way first. A root that already
+holds a set is used as it is (`ensure_synthetic_set`).
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -17,6 +19,8 @@ from rayiqa.config import StorageConfig
 from rayiqa.data.synthetic import ANNOTATION_FILE, make_synthetic_set
 from rayiqa.io.fs import resolve_fs, split_uri
 from rayiqa.io.samples import SAMPLES_URI, samples_dir
+
+log = logging.getLogger(__name__)
 
 
 def has_synthetic_set(root: str, storage: StorageConfig) -> bool:
@@ -53,3 +57,12 @@ def build_synthetic_set(root: str, pristine: str, types: Sequence[str] | None, l
         make_synthetic_set(source, built, types, levels, seed)
         fs, path = resolve_fs(root, storage)
         pafs.copy_files(str(built), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def ensure_synthetic_set(root: str, pristine: str, types: Sequence[str] | None, levels: int, seed: int,
+                         storage: StorageConfig) -> None:
+    """Build the synthetic set at `root` (see `build_synthetic_set`) unless `root` already holds one."""
+    if has_synthetic_set(root, storage):
+        return
+    log.info("making synthetic set %s from %s", root, pristine)
+    build_synthetic_set(root, pristine, types, levels, seed, storage)
