@@ -28,7 +28,7 @@ class GRMPDataConfig(Section):
     root: str = "out/synthetic"  # folder or s3:// prefix with the dataset's official files
     options: dict[str, str] = Field(default_factory=dict)  # loader options, e.g. {label: ssim}
     synthetic_source: str | None = "builtin:samples"  # dataset=synthetic: build the set at root from these
-    # pristine images first (a folder, or builtin:samples = the 4 bundled photos); None: use root as it is
+    # pristine images if root has none (a folder, or builtin:samples = the 4 bundled photos); None: use root as it is
     synthetic_types: list[str] | None = None  # distortion types for the built set (None: all)
     synthetic_levels: int = Field(default=5, ge=1)  # levels per type for the built set
     limit: int | None = Field(default=None, gt=0)  # keep only the first N rows (smoke runs)
@@ -40,7 +40,7 @@ class GRMPDataConfig(Section):
 class TrainRunConfig(Section):
     """Where Ray Train keeps checkpoints and how many workers it runs (gloo on CPU, nccl on GPU)."""
 
-    storage_path: str = "out/ray-train"  # RunConfig(storage_path): local folder or s3:// prefix
+    storage_path: str = "out/ray-train"  # RunConfig(storage_path): local folder or s3:// prefix (reached with data.storage)
     name: str = "grmp"  # RunConfig(name); rerunning with the same name resumes from its latest checkpoint
     num_workers: int = Field(default=2, ge=1)
     cpus_per_worker: float = Field(default=0.5, gt=0)
