@@ -10,6 +10,8 @@ A module whose layer is not in the table fails the test, so a new top-level pack
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,11 @@ def test_the_package_imports_point_down_only():
 ])
 def test_the_checker_flags_upward_and_sideways_imports(module, source, expected):
     assert violations(source, module) == expected
+
+
+def test_the_bottom_modules_import_no_ray_or_torch():
+    """rayiqa.runtime starts Ray inside its functions; the reader and the filesystem layer need neither."""
+    code = ("import sys, rayiqa.runtime, rayiqa.io.read, rayiqa.io.fs; "
+            "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
