@@ -97,6 +97,15 @@ def as_rgb(image: Any, input_cfg: InputConfig) -> Any:
     return image
 
 
+def rgb_error(image: Any) -> str | None:
+    """Why `image` cannot be scored, or None for a non-empty H x W x 3 uint8 array."""
+    if not isinstance(image, np.ndarray):
+        return f"image must be a numpy array, got {type(image).__name__}"
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        return f"image must be a non-empty H x W x 3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}"
+    return None
+
+
 def read_rgb(uri: str, input_cfg: InputConfig) -> np.ndarray:
     """One image read and decoded like the job's inputs; a bad file raises ValueError naming it."""
     from rayiqa.io.fs import resolve_fs

@@ -4,13 +4,13 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from rayiqa.config import InputConfig
 from rayiqa.config.scorers import ScorerConfig
-from rayiqa.scorers.base import Scorer, ScoreResult, register_scorer
+from rayiqa.scorers.base import Scorer, ScoreResult, register_scorer, rgb_error
 
 
 class GRMPScorerConfig(ScorerConfig):
@@ -23,15 +23,6 @@ class GRMPScorerConfig(ScorerConfig):
     @property
     def model_id(self) -> str:
         return f"grmp:{self.checkpoint}"
-
-
-def image_error(image: Any) -> str | None:
-    """Why `image` cannot be scored, or None for a non-empty H x W x 3 uint8 array."""
-    if not isinstance(image, np.ndarray):
-        return f"image must be a numpy array, got {type(image).__name__}"
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-        return f"image must be a non-empty H x W x 3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}"
-    return None
 
 
 @contextmanager
@@ -69,7 +60,7 @@ class GRMPScorer(Scorer):
 
         from rayiqa.methods.grmp_iqa import p_high
 
-        errors = [image_error(image) for image in images]
+        errors = [rgb_error(image) for image in images]
         good = [i for i, error in enumerate(errors) if error is None]
         results = [ScoreResult(None, {"error": error}) for error in errors]
         if good:

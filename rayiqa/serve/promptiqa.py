@@ -18,6 +18,7 @@ from ray import serve
 
 from rayiqa.config.serve import ScorerModelConfig
 from rayiqa.scorers import build_scorer
+from rayiqa.scorers.base import rgb_error
 from rayiqa.serve.base import ResultDict, UnknownRequirement
 
 STORE_NAMESPACE = "rayiqa"
@@ -38,16 +39,6 @@ class RequirementStore:
 
     def names(self) -> list[str]:
         return sorted(self.features)
-
-
-def _check_image(image: Any) -> str | None:
-    """Why `image` cannot be scored (None when it is an H x W x 3 uint8 array)."""
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        shape = getattr(image, "shape", None)
-        return f"expected an H x W x 3 uint8 RGB array, got {type(image).__name__} {shape}"
-    if min(image.shape[:2]) < 1:
-        return f"empty image of shape {image.shape}"
-    return None
 
 
 @serve.deployment
@@ -72,7 +63,7 @@ class PromptIQADeployment:
         if len(images) != len(scores) or not images:
             raise ValueError(f"requirement {name!r}: {len(images)} images but {len(scores)} scores (need >= 1 pair)")
         for i, image in enumerate(images):
-            problem = _check_image(image)
+            problem = rgb_error(image)
             if problem:
                 raise ValueError(f"requirement {name!r}: image {i}: {problem}")
         features = self.scorer.prompt_features(images, scores).cpu()
@@ -98,7 +89,7 @@ class PromptIQADeployment:
         return list(await asyncio.gather(*(self._score_one(image, name) for image in images)))
 
     async def _score_one(self, image: np.ndarray, name: str) -> ResultDict:
-        problem = _check_image(image)
+        problem = rgb_error(image)
         if problem:
             return {"evidence": {"requirement": name, "error": problem}}
         return await self._score_batch((image, name))
