@@ -1,14 +1,13 @@
-"""read_rgb / try_read_rgb: the one image reader gives the decoder's pixels for local and s3:// URIs, a
-bad file's error kind as a value or as an ImageReadError naming the URI, and raises on a dead store."""
+"""read_rgb / try_read_rgb: the one image reader gives the decoder's pixels, a bad file's error kind as a
+value or as an ImageReadError naming the URI, and raises on a dead store (reached with the config's storage).
+Byte reads from a live S3 store are tested in test_sources."""
 from __future__ import annotations
 
 import io
 import socket
 
-import botocore.session
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from rayiqa.config import InputConfig, StorageConfig
@@ -61,23 +60,6 @@ def test_a_bad_file_is_a_value_or_an_error_naming_it(files, name, cfg, kind):
     assert err.value.kind == kind and err.value.uri == uri and isinstance(err.value, ValueError)
     text = str(err.value)
     assert text.startswith(f"{uri}: {kind}: ") and not text.startswith(f"{uri}: {kind}: {uri}")  # named once up front
-
-
-def test_an_s3_image_through_the_storage_config():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        storage = StorageConfig(endpoint_url=f"http://{host}:{port}", key="k", secret="s", region="us-east-1")
-        client = botocore.session.get_session().create_client(
-            "s3", endpoint_url=storage.endpoint_url, region_name="us-east-1", aws_access_key_id="k",
-            aws_secret_access_key="s")
-        client.create_bucket(Bucket="images")
-        client.put_object(Bucket="images", Key="a/good.png", Body=png())
-        np.testing.assert_array_equal(read_rgb("s3://images/a/good.png", InputConfig(storage=storage)), PIXELS)
-        assert try_read_rgb("s3://images/a/gone.png", InputConfig(storage=storage))[1] == "read_error"
-    finally:
-        server.stop()
 
 
 def test_an_unreachable_store_raises_rather_than_failing_the_image():
