@@ -145,3 +145,23 @@ def test_llm_tta_scorer_and_the_endpoint_deployment_agree(configs: dict, tmp_pat
     assert all(r.evidence["adapted"] for r in results)
     assert [r.score for r in results] == pytest.approx([s["score"] for s in served], abs=1e-6)
     assert [r.evidence["cluster"] for r in results] == [s["evidence"]["cluster"] for s in served]
+
+
+def test_an_image_the_model_refuses_is_that_images_error(configs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rayiqa.scorers.llm_iqa import LevelModel
+
+    scorer = rayiqa.create_scorer("llm-iqa", mllms=configs["llm-iqa"]["mllms"], method={"segmentation": False})
+    real = LevelModel.probs
+
+    def refuse_wide(self, requests):
+        if any(ims[0].shape[1] > 60 for ims in requests):
+            raise ValueError("prompt too long (stand-in)")
+        return real(self, requests)
+
+    monkeypatch.setattr(LevelModel, "probs", refuse_wide)
+    narrow, wide = np.zeros((40, 40, 3), np.uint8), np.zeros((40, 80, 3), np.uint8)
+    results = scorer.score([narrow, wide, narrow])
+    assert [r.score is None for r in results] == [False, True, False]
+    assert "prompt too long" in results[1].evidence["error"] and np.isfinite(results[0].score)
+    [alone] = scorer.score([wide])
+    assert alone.score is None and alone.evidence["error"].startswith("model_error: ValueError")

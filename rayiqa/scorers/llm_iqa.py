@@ -116,6 +116,20 @@ class LLMIQAScorer(Scorer):
         return self.find_crops(image)
 
     def score_arrays(self, images: list[np.ndarray]) -> list[ScoreResult]:
+        """All images' requests in one engine call per model; an image a model refuses (ValueError: a
+        prompt too long, an image its processor rejects) gets `evidence.error`, the others their scores."""
+        try:
+            return self._score(images)
+        except ValueError:
+            return [self._score_alone(image) for image in images]
+
+    def _score_alone(self, image: np.ndarray) -> ScoreResult:
+        try:
+            return self._score([image])[0]
+        except ValueError as exc:
+            return ScoreResult(None, {"error": f"model_error: {type(exc).__name__}: {exc}"})
+
+    def _score(self, images: list[np.ndarray]) -> list[ScoreResult]:
         found = [self.crops(image) for image in images]
         requests = []
         for image, (boxes, _, masks) in zip(images, found):
