@@ -22,6 +22,7 @@ from rayiqa.io.fs import join_path, resolve_fs
 from rayiqa.io.manifest import RunSummary
 from rayiqa.io.samples import samples_dir
 from rayiqa.pipeline.score_job import CHECKPOINT_DIR, cpus_needed, run_score
+from rayiqa.runtime import ensure_ray
 
 MiB = 1024 * 1024
 AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # raylet children that are not workers
