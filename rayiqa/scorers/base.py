@@ -91,6 +91,8 @@ def as_rgb(image: Any, input_cfg: InputConfig) -> Any:
     """A PIL image or a URI -> an RGB uint8 array (URIs read like the job's inputs); arrays pass as they
     are, so a scorer can turn a malformed one into that image's error."""
     if isinstance(image, (str, Path)):
+        from rayiqa.io.read import read_rgb  # pyarrow's filesystems: only for a scorer given URIs
+
         return read_rgb(str(image), input_cfg)
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
         return np.asarray(image.convert("RGB"))
@@ -104,14 +106,3 @@ def rgb_error(image: Any) -> str | None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
         return f"image must be a non-empty H x W x 3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}"
     return None
-
-
-def read_rgb(uri: str, input_cfg: InputConfig) -> np.ndarray:
-    """One image read and decoded like the job's inputs; a bad file raises ValueError naming it."""
-    from rayiqa.io.fs import resolve_fs
-    from rayiqa.io.sources import read_image
-
-    image, kind, msg = read_image(uri, *resolve_fs(uri, input_cfg.storage), input_cfg)
-    if image is None:
-        raise ValueError(f"{uri}: {kind}: {msg}")
-    return image

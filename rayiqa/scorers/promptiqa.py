@@ -45,8 +45,8 @@ class PromptIQAScorer(Scorer):
     config's ISPP; evidence: its size."""
 
     def __init__(self, config: PromptIQAScorerConfig, input_cfg: InputConfig) -> None:
+        from rayiqa.io.read import read_rgb
         from rayiqa.models.promptiqa import create_promptiqa
-        from rayiqa.scorers.base import read_rgb
 
         super().__init__(config, input_cfg)
         self.model = create_promptiqa(config.model).to(config.device)
