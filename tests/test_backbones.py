@@ -32,6 +32,19 @@ def test_tiny_presets_forward_and_list_their_norm_layers(name, norm_type, featur
     assert len(norms) == len(every_norm)  # the regressor heads of the presets hold no norm layer
 
 
+@pytest.mark.parametrize("name", ["tiny-cnn", "tiny-vit", "tiny-uiqa"])
+def test_tiny_presets_have_the_same_weights_in_every_process_and_leave_the_callers_rng_alone(name):
+    torch.manual_seed(1)
+    first = create_backbone(name).state_dict()
+    after_first = torch.rand(3)
+    torch.manual_seed(2)  # another caller state: the preset's weights must not depend on it
+    second = create_backbone(name).state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    torch.manual_seed(1)
+    torch.rand(0)
+    assert torch.equal(torch.rand(3), after_first)  # building the preset drew nothing from the caller's RNG
+
+
 def test_tiny_cnn_is_a_real_timm_resnet_with_batchnorm():
     from timm.models.resnet import ResNet
 

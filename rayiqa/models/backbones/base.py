@@ -7,7 +7,7 @@ reads a projection of its pooled features; `IQABackbone` exposes exactly those p
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -104,3 +104,14 @@ def wrap_module(
             f"{type(module).__name__} has no BatchNorm/LayerNorm/GroupNorm outside its regressor: nothing to adapt"
         )
     return wrapped.eval()
+
+
+M = TypeVar("M", bound=nn.Module)
+SEED = 0  # the random-weight presets' seed: every process (a job's actor, a Serve replica) builds the same model
+
+
+def seeded(build: Callable[[], M]) -> M:
+    """`build()` with torch's RNG seeded from SEED, leaving the caller's RNG state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return build()

@@ -2,7 +2,8 @@
 
 `tiny-cnn` is a narrow BatchNorm ResNet (the shape of TReS / MetaIQA's ResNet feature extractors);
 `tiny-vit` is a small LayerNorm VisionTransformer (the shape of MUSIQ's transformer encoder).
-Both normalise [0, 1] RGB input with ImageNet statistics and end in a Linear quality regressor.
+Both normalise [0, 1] RGB input with ImageNet statistics and end in a Linear quality regressor. Their
+weights come from a fixed seed (`seeded`), so every process builds the same model.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from rayiqa.models.backbones.base import IQABackbone
+from rayiqa.models.backbones.base import IQABackbone, seeded
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,16 +43,14 @@ class TimmIQANet(IQABackbone):
 
 def tiny_cnn(image_size: int = 64) -> TimmIQANet:
     """timm ResNet-10-like: deep stem of width 4, one BasicBlock per stage, channels (8, 16, 32, 64), BatchNorm2d."""
-    body = ResNet(
+    return seeded(lambda: TimmIQANet(ResNet(
         BasicBlock, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_type="deep", stem_width=4, num_classes=0
-    )
-    return TimmIQANet(body, image_size).eval()
+    ), image_size)).eval()
 
 
 def tiny_vit(image_size: int = 64) -> TimmIQANet:
     """timm VisionTransformer, patch 16, width 32, 2 blocks, 2 heads, LayerNorm, mean-pooled tokens."""
-    body = VisionTransformer(
+    return seeded(lambda: TimmIQANet(VisionTransformer(
         img_size=image_size, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
         num_classes=0, global_pool="avg",
-    )
-    return TimmIQANet(body, image_size).eval()
+    ), image_size)).eval()

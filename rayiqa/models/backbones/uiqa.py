@@ -15,7 +15,7 @@ import torch
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from rayiqa.models.backbones.base import IQABackbone
+from rayiqa.models.backbones.base import IQABackbone, seeded
 from rayiqa.models.backbones.tiny import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -92,7 +92,7 @@ class UIQANet(IQABackbone):
 def tiny_uiqa(image_size: int = 32) -> UIQANet:
     """Random-weight UIQA with three 2-stage Swin branches of width 16 (window 4, grid 4 x 8 px)."""
     swin = dict(patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, drop_path_rate=0.0)
-    return UIQANet(swin, image_size=image_size, grid=4, mlp_hidden=32).eval()
+    return seeded(lambda: UIQANet(swin, image_size=image_size, grid=4, mlp_hidden=32)).eval()
 
 
 def uiqa_swin_t() -> UIQANet:
