@@ -55,8 +55,10 @@ def report(results: dict[int, Measured]) -> str:
     marginal = (big.new_rows - small.new_rows) / (big.seconds - small.seconds) if big.seconds > small.seconds else float("nan")
     lines += [
         f"{'rows written':<36}" + "".join(f"{results[n].summary.new_rows:12d}" for n in sizes),
-        f"{'output Parquet bytes per row':<36}" + "".join(f"{results[n].output_bytes / max(1, results[n].summary.new_rows):12.0f}" for n in sizes),
-        f"{'checkpoint bytes per row':<36}" + "".join(f"{results[n].checkpoint_bytes / max(1, results[n].summary.new_rows):12.0f}" for n in sizes),
+        f"{'output Parquet bytes per row':<36}"
+        + "".join(f"{results[n].output_bytes / max(1, results[n].summary.new_rows):12.0f}" for n in sizes),
+        f"{'checkpoint bytes per row':<36}"
+        + "".join(f"{results[n].checkpoint_bytes / max(1, results[n].summary.new_rows):12.0f}" for n in sizes),
         f"{'workers seen (max)':<36}" + "".join(f"{results[n].peaks.workers:12d}" for n in sizes),
         f"{'memory samples':<36}" + "".join(f"{results[n].peaks.samples:12d}" for n in sizes),
         "",

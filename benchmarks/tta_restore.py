@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def measure(backbone_name: str, n_batches: int, batch: int, size: int, iteration
         for _ in range(n_batches):
             x = torch.rand((batch, 3, size, size), generator=generator).to(device)
             ranking = torch.rand(batch, generator=generator).numpy()
-            adapt = timed(lambda: llm_tta.adapt_and_predict(backbone, x, ranking, cfg))
+            adapt = timed(partial(llm_tta.adapt_and_predict, backbone, x, ranking, cfg))
             rows.append({"adapt": adapt, "restore": timed(restore), "reload": timed(reload)})
     return rows
 

@@ -15,11 +15,13 @@ from rayiqa.config import ConfigError
 # command words -> (module, function, help)
 JOBS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("score",): ("rayiqa.pipeline.score_job", "main_score", "score an image collection with LLM-IQA (streaming Ray Data job)"),
-    ("eval", "study"): ("rayiqa.pipeline.study", "main_study", "the MLLM prompting study: systems x engines -> answers, SRCC table, heat-map"),
+    ("eval", "study"): ("rayiqa.pipeline.study", "main_study",
+                          "the MLLM prompting study: systems x engines -> answers, SRCC table, heat-map"),
     ("train", "promptiqa"): ("rayiqa.train.promptiqa", "main_train_promptiqa", "PromptIQA mixed-dataset training on Ray Train"),
     ("train", "grmp"): ("rayiqa.train.grmp", "main_grmp", "GRMP-IQA meta-prompt pre-training on Ray Train"),
     ("train", "grmp-finetune"): ("rayiqa.train.grmp", "main_grmp_finetune", "GRMP-IQA fine-tuning with QGR (and the few-shot protocol)"),
-    ("train", "tiny-iqa"): ("rayiqa.train.tiny_iqa", "main_train_tiny_iqa", "teach the tiny Qwen2.5-VL rayiqa's quality prompts on Ray Train"),
+    ("train", "tiny-iqa"): ("rayiqa.train.tiny_iqa", "main_train_tiny_iqa",
+                              "teach the tiny Qwen2.5-VL rayiqa's quality prompts on Ray Train"),
     ("serve",): ("rayiqa.serve.app", "main_serve", "the Ray Serve HTTP endpoint"),
 }
 

@@ -318,7 +318,6 @@ def test_manifest_runs_an_existing_job_with_a_gpu_config(path, monkeypatch):
     assert (REPO / run.job).is_file() and run.config.is_file(), run
     cfg = run.load(monkeypatch)  # validates, with every ${VAR} the config names set by the manifest
     assert config_problems(cfg) == []
-    nodes = [NODES["types"][g["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"]] for g in worker_groups(doc)]
     pods = [g["template"]["spec"]["containers"][0]["resources"]["requests"] for g in worker_groups(doc)]
     gpu_pods = [(g, pod) for g, pod in zip(worker_groups(doc), pods) if float(pod.get("nvidia.com/gpu", 0)) > 0]
     assert gpu_pods, "no worker group asks for a GPU"

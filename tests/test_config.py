@@ -50,7 +50,8 @@ def test_unreadable_or_non_mapping_config(tmp_path):
 
 def test_environment_references_expand_and_unset_ones_name_the_key(tmp_path, monkeypatch):
     p = tmp_path / "c.yaml"
-    p.write_text("input:\n  uri: s3://${TEST_RAYIQA_BUCKET}/images\nmllms:\n  - preset: ${TEST_RAYIQA_MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}\n")
+    p.write_text("input:\n  uri: s3://${TEST_RAYIQA_BUCKET}/images\n"
+                 "mllms:\n  - preset: ${TEST_RAYIQA_MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}\n")
     monkeypatch.setenv("TEST_RAYIQA_BUCKET", "b1")
     monkeypatch.delenv("TEST_RAYIQA_MODEL", raising=False)
     cfg = load_config(ScoreConfig, p, ["output.uri=s3://${TEST_RAYIQA_BUCKET}/scores"])

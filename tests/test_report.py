@@ -240,7 +240,8 @@ def test_report_of_an_output_and_inputs_in_s3(adapted, tmp_path, monkeypatch):
     server.start()
     try:
         host, port = server.get_host_and_port()
-        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"}
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+               "AWS_REGION": "us-east-1"}
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         s3 = botocore.session.get_session().create_client("s3")

@@ -99,7 +99,8 @@ def test_serve_is_closed_by_default_and_refuses_an_open_interface_without_a_key(
 
 @pytest.mark.parametrize("overrides, words", [
     (["http.host=0.0.0.0"], "config error: http.host='0.0.0.0' serves other machines"),
-    (["auth.api_key_env=RAYIQA_UNSET_KEY_VAR"], "config error: auth.api_key_env='RAYIQA_UNSET_KEY_VAR': that environment variable is unset or empty"),
+    (["auth.api_key_env=RAYIQA_UNSET_KEY_VAR"],
+     "config error: auth.api_key_env='RAYIQA_UNSET_KEY_VAR': that environment variable is unset or empty"),
 ])
 def test_serve_start_up_errors_are_one_line_before_ray(overrides, words, monkeypatch, capsys):
     from rayiqa import cli

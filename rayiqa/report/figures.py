@@ -71,7 +71,7 @@ def tta_batches(batches: dict[str, list[dict]]) -> bytes:
     (the base model's score when the method ranks without one), marked high / low / neither."""
     fig, ax = _figure(6.0, 1.0 + 0.45 * len(batches))
     seen = set()
-    for row_no, (bid, rows) in enumerate(batches.items()):
+    for row_no, rows in enumerate(batches.values()):
         for r in rows:
             value = r["tta_ranker_score"] if r["tta_ranker_score"] is not None else r["tta_base_score"]
             colour, marker, label = CLUSTER_STYLE[r["tta_cluster"] or ""]

@@ -57,7 +57,8 @@ def _num(value: object, fmt: str = "") -> str:
 
 def _run_section(output_uri: str, manifest: dict | None, data: RunData) -> str:
     if manifest is None:
-        return f'<section id="run"><h2>Run</h2><p class="warn">No _manifest.json in {esc(output_uri)}: the run did not finish, or the folder was copied without it.</p></section>'
+        return (f'<section id="run"><h2>Run</h2><p class="warn">No _manifest.json in {esc(output_uri)}: the run did not '
+                'finish, or the folder was copied without it.</p></section>')
     s, cfg = manifest.get("summary", {}), manifest.get("config", {})
     rows = [
         ["input", f"<code>{esc(cfg.get('input', {}).get('uri', ''))}</code>"],
@@ -67,7 +68,8 @@ def _run_section(output_uri: str, manifest: dict | None, data: RunData) -> str:
         ["scored", _num(data.scored)],
         ["errors", _num(sum(data.errors.values()))],
         ["rows written by the last run", _num(s.get("new_rows"))],
-        ["last run", esc(f"{s.get('seconds', 0):.1f} s, {s.get('images_per_second', 0):.2f} images/s, finished {manifest.get('finished_at', '?')}")],
+        ["last run", esc(f"{s.get('seconds', 0):.1f} s, {s.get('images_per_second', 0):.2f} images/s, "
+                         f"finished {manifest.get('finished_at', '?')}")],
         ["scorer", esc(cfg.get("scorer", ""))],
         ["test-time adaptation", esc(cfg.get("adapt", {}).get("method", "none"))],
     ]
@@ -80,7 +82,8 @@ def _run_section(output_uri: str, manifest: dict | None, data: RunData) -> str:
                            f"<code>{esc(m.get('source') or '')}</code>", esc(extra)])
     warn = ""
     if manifest.get("weights") == "random-init":
-        warn = '<p class="warn">This run used models with <b>random weights</b> (tiny presets): its scores are not image quality, only a check that the pipeline runs.</p>'
+        warn = ('<p class="warn">This run used models with <b>random weights</b> (tiny presets): its scores are not image '
+                'quality, only a check that the pipeline runs.</p>')
     return (f'<section id="run"><h2>Run</h2>{warn}{_table([], rows, "run-table")}<h3>Models</h3>'
             f'{_table(["role", "model", "weights", "source", "settings"], models, "models")}</section>')
 

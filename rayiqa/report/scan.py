@@ -136,7 +136,8 @@ def _add_tta_batches(data: RunData, batch: pa.RecordBatch) -> None:
         if bid not in data.tta_batches and len(data.tta_batches) < TTA_BATCHES:
             data.tta_batches[bid] = []
     wanted = pa.array(list(data.tta_batches), pa.string())
-    rows = batch.filter(pc.is_in(ids, value_set=wanted)).select(["path", "tta_ranker_score", "tta_base_score", "tta_score", "tta_cluster", "tta_batch"])
+    columns = ["path", "tta_ranker_score", "tta_base_score", "tta_score", "tta_cluster", "tta_batch"]
+    rows = batch.filter(pc.is_in(ids, value_set=wanted)).select(columns)
     for row in rows.to_pylist():
         data.tta_batches[row["tta_batch"]].append(row)
 
