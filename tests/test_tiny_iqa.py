@@ -81,7 +81,6 @@ def _fixed_loss(folder: Path, cfg, rows: dict) -> float:
         return float(tiny_iqa.level_loss(engine.model(**inputs, logits_to_keep=1).logits[:, -1, :], ids, targets))
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_trainer_learns_in_20_steps_on_two_workers_and_resumes(ray_local, tmp_path):
     from rayiqa.config.tiny_iqa import TinyIQATrainConfig

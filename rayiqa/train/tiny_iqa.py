@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayiqa.config import MLLMConfig, load_config
 from rayiqa.config.tiny_iqa import TinyIQATrainConfig, TinyShapeConfig
@@ -33,9 +32,10 @@ from rayiqa.methods.llm_iqa import level_score, standard_prompt
 from rayiqa.methods.metrics import plcc, srcc
 from rayiqa.models.mllm.base import LevelRequest
 from rayiqa.runtime import ensure_ray
+from rayiqa.train.skeleton import (TRAIN_STATE_FILE, fit, load_train_state, report, resume_folder, run_config,
+                                   save_train_state)
 
 log = logging.getLogger(__name__)
-TRAIN_STATE = "train_state.pt"
 
 
 def build_initial_model(shape: TinyShapeConfig, seed: int, folder: Path) -> Path:
@@ -120,18 +120,21 @@ def validate(engine: Any, holdout: list[dict]) -> dict[str, float]:
     return metrics
 
 
+def save_checkpoint(model: Any, processor: Any, optimizer: Any, scheduler: Any, progress: dict, folder: Path) -> None:
+    """A loadable Hugging Face folder (model + processor) plus the optimiser, scheduler and progress."""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    save_train_state(folder, optimizer, scheduler, **progress)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: a question per row, soft-label CE on level tokens, a checkpoint per epoch."""
     cfg = TinyIQATrainConfig.model_validate(config["cfg"])
     torch.set_num_threads(cfg.threads_per_worker)
     rank = ray.train.get_context().get_world_rank()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        engine, state = _engine(config["initial"], cfg), None
-    else:
-        with checkpoint.as_directory() as folder:
-            engine = _engine(folder, cfg)
-            state = torch.load(Path(folder) / TRAIN_STATE, map_location="cpu", weights_only=False)
+    with resume_folder() as folder:
+        engine = _engine(folder or config["initial"], cfg)
+        state = load_train_state(folder) if folder is not None else None
     model = engine.model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(cfg.data.rows / cfg.num_workers / cfg.batch_size)
@@ -171,19 +174,11 @@ def train_loop(config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch + 1, "step": step, "resumed_from_step": resumed_from_step,
                                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
                                    "lr": scheduler.get_last_lr()[0]}
-        if rank == 0:
+        if holdout:
             model.eval()
-            if holdout:
-                metrics |= validate(engine, holdout)
-            with tempfile.TemporaryDirectory() as tmp:
-                model.save_pretrained(tmp)
-                engine.processor.save_pretrained(tmp)
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "epoch": epoch + 1, "step": step}, Path(tmp) / TRAIN_STATE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            metrics |= validate(engine, holdout)
             model.train()
-        else:
-            ray.train.report(metrics)
+        report(metrics, partial(save_checkpoint, model, engine.processor, optimizer, scheduler, {"epoch": epoch + 1, "step": step}))
 
 
 def train_tiny_iqa(cfg: TinyIQATrainConfig) -> ray.train.Result:
@@ -196,20 +191,9 @@ def train_tiny_iqa(cfg: TinyIQATrainConfig) -> ray.train.Result:
     rows = ray.data.range(cfg.data.rows, override_num_blocks=4 * cfg.num_workers).map_batches(
         make_rows, fn_kwargs={"cfg": cfg.model_dump()}, batch_size=32, num_cpus=cfg.loader_cpus,
     ).materialize()
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "initial": str(initial)},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=str(run_dir.parent),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
-        datasets={"train": rows},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
-    return trainer.fit()
+    run = run_config(cfg.name, str(run_dir.parent), cfg.max_failures, cfg.keep_checkpoints)
+    return fit(train_loop, {"cfg": cfg.model_dump(), "initial": str(initial)}, run,
+               num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker, datasets={"train": rows})
 
 
 def export(checkpoint: ray.train.Checkpoint, export_dir: str | Path) -> Path:
@@ -217,7 +201,7 @@ def export(checkpoint: ray.train.Checkpoint, export_dir: str | Path) -> Path:
     out = Path(export_dir)
     with checkpoint.as_directory() as folder:
         shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(folder, out, ignore=shutil.ignore_patterns(TRAIN_STATE))
+        shutil.copytree(folder, out, ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
     return out
 
 
