@@ -68,7 +68,8 @@ class SegmenterConfig(Section):
     def _fast_generator_scope(self) -> "SegmenterConfig":
         for key in ("crop_n_layers", "min_mask_region_area"):
             if self.generator == "fast" and getattr(self, key) > 0:
-                raise ValueError(f"segmenter.{key} > 0 needs segmenter.generator: sam2 (the fast generator runs one crop layer, no region removal)")
+                raise ValueError(f"segmenter.{key} > 0 needs segmenter.generator: sam2 "
+                                 "(the fast generator runs one crop layer, no region removal)")
         return self
 
 

@@ -1,9 +1,10 @@
 """`rayiqa score`: the scoring job as one streaming Ray Data pipeline.
 
 read input list -> decode (tasks) -> segment (SAM2 actor pool) -> score (one actor pool per MLLM,
-transformers or vLLM in the actor) -> finalize -> write Parquet; with another registered scorer (`scorer: promptiqa | grmp | ...`) one actor pool
-scores whole images instead of segment + MLLMs. Ray Data's checkpointing (id column `path`) makes a re-run into the
-same output resume: inputs already written are filtered out at the read and none is written twice.
+transformers or vLLM in the actor) -> finalize -> write Parquet; with another registered scorer
+(`scorer: promptiqa | grmp | ...`) one actor pool scores whole images instead of segment + MLLMs.
+Ray Data's checkpointing (id column `path`) makes a re-run into the same output resume: inputs
+already written are filtered out at the read and none is written twice.
 """
 from __future__ import annotations
 
