@@ -101,6 +101,17 @@ def test_row_counts_equal_the_upsampled_masks(out, low):
         assert torch.equal(drawn, full > cutoff)
 
 
+def test_count_bounds_stay_exact_under_autocast():
+    """The generator runs under bf16 autocast on a GPU; counts of thousands of pixels must not round."""
+    logits = torch.randn(8, 4, 4, generator=torch.Generator().manual_seed(2))
+    up = Upsampled((997, 1999), (4, 4), torch.device("cpu"))
+    exact = up.count_bounds(logits, [0.0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert [t.tolist() for t in up.count_bounds(logits, [0.0])] == [t.tolist() for t in exact]
+    cell_lo, _ = cell_bounds(logits)
+    assert exact[0][:, 0].tolist() == ((up.ys.per_cell[:, None] * up.xs.per_cell[None, :]) * (cell_lo > 0)).sum((1, 2)).tolist()
+
+
 def test_rows_and_counter_pieces_agree_with_interpolate():
     logits = torch.randn(2, 6, 6, generator=torch.Generator().manual_seed(1))
     ys = Axis.build(20, 6, torch.device("cpu"))

@@ -121,14 +121,15 @@ class Upsampled:
     def count_bounds(self, logits: torch.Tensor, cutoffs: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds on the number of input pixels above each cutoff, per mask (B, cutoffs):
         each low-res cell's pixel count, summed as two matrix-vector products (exact: float32 row
-        sums stay under 2^24, the rest in float64)."""
+        sums stay under 2^24, the rest in float64, never autocast to a lower precision)."""
         lo, hi = cell_bounds(logits)
         wx, wy = self.xs.per_cell.float(), self.ys.per_cell.double()
 
         def pixels(inside: torch.Tensor) -> torch.Tensor:
             return ((inside.float() @ wx).double() @ wy).round().long()
 
-        return (torch.stack([pixels(lo > c) for c in cutoffs], 1), torch.stack([pixels(hi > c) for c in cutoffs], 1))
+        with torch.autocast(logits.device.type, enabled=False):
+            return (torch.stack([pixels(lo > c) for c in cutoffs], 1), torch.stack([pixels(hi > c) for c in cutoffs], 1))
 
     def stats(self, logits: torch.Tensor, cutoffs: list[float], box_cutoff: float) -> MaskStats:
         """Exact counts above each cutoff and the box above `box_cutoff`, in row bands of bounded size."""
