@@ -131,20 +131,41 @@ def test_scorer_and_score_job_agree(name: str, configs: dict, ray_local, tmp_pat
 def test_llm_tta_scorer_and_the_endpoint_deployment_agree(configs: dict, tmp_path: Path) -> None:
     """One batch of 6 (>= 2k: adapted) through the scorer and through Serve's TTA deployment in-process,
     from one source weights file."""
-    from rayiqa.config.serve import TTAModelConfig
+    from rayiqa.config.serve import ScorerModelConfig
     from rayiqa.config.tta import TTAParams
     from rayiqa.methods.llm_tta import source_backbone
-    from rayiqa.serve.tta import TTADeployment
+    from rayiqa.serve.base import ScorerDeployment
 
     weights = tmp_path / "backbone.pt"
     torch.save(source_backbone(TTAParams(**configs["llm-tta"])).state_dict(), weights)
     cfg = {**configs["llm-tta"], "weights": str(weights)}
     images = [np.asarray(Image.open(p).convert("RGB")) for p in _samples(6)]
     results = rayiqa.create_scorer("llm-tta", **cfg).score(images)
-    served = TTADeployment.func_or_class(TTAModelConfig(**cfg)).score_images(images)
+    served = ScorerDeployment.func_or_class(ScorerModelConfig(kind="llm-tta", **cfg)).score_images(images)
     assert all(r.evidence["adapted"] for r in results)
     assert [r.score for r in results] == pytest.approx([s["score"] for s in served], abs=1e-6)
     assert [r.evidence["cluster"] for r in results] == [s["evidence"]["cluster"] for s in served]
+
+
+def test_llm_tta_adapt_false_is_a_call_option_the_endpoint_passes_per_request(configs: dict) -> None:
+    """`score(images, adapt=False)` gives source scores; in one Serve batch, a request's `adapt: false`
+    scores its images apart, so the others still form one adapted batch of their own."""
+    from rayiqa.config.serve import ScorerModelConfig
+    from rayiqa.serve.base import ScorerDeployment
+
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in _samples(7)]
+    scorer = rayiqa.create_scorer("llm-tta", **configs["llm-tta"])
+    source = scorer.score(images[:6], adapt=False)
+    adapted = scorer.score(images[:6])
+    assert not any(r.evidence["adapted"] or r.evidence["p_good"] for r in source)
+    assert [r.score for r in source] == pytest.approx([r.evidence["base_score"] for r in adapted], abs=1e-6)
+    assert all(r.evidence["adapted"] for r in adapted)
+
+    deployment = ScorerDeployment.func_or_class(ScorerModelConfig(kind="llm-tta", **configs["llm-tta"]))
+    options = [{"adapt": True, "requirement": "ignored"}] * 6 + [{"adapt": False}]  # two requests' images
+    served = deployment.score_images(images, options)
+    assert [r["evidence"]["batch_size"] for r in served] == [6] * 6 + [1]
+    assert all(r["evidence"]["adapted"] for r in served[:6]) and served[6]["evidence"]["adapted"] is False
 
 
 def test_an_image_the_model_refuses_is_that_images_error(configs: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,11 +40,14 @@ class Scorer:
     def model_id(self) -> str:
         return self.config.model_id
 
-    def score(self, images: Iterable[Any]) -> list[ScoreResult]:
-        """One result per image, in order: numpy RGB arrays, PIL images, or local paths / s3:// URIs."""
-        return self.score_arrays([as_rgb(image, self.input_cfg) for image in images])
+    def score(self, images: Iterable[Any], **options: Any) -> list[ScoreResult]:
+        """One result per image, in order: numpy RGB arrays, PIL images, or local paths / s3:// URIs;
+        `options` are the scorer's call options (`score_arrays`' keyword-only arguments)."""
+        return self.score_arrays([as_rgb(image, self.input_cfg) for image in images], **options)
 
     def score_arrays(self, images: list[np.ndarray]) -> list[ScoreResult]:
+        """Scores of decoded arrays; a scorer's keyword-only arguments are its call options (the
+        endpoint passes a request's options of those names)."""
         raise NotImplementedError
 
 

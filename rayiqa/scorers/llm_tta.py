@@ -1,8 +1,9 @@
 """`llm-tta`: an IQA backbone adapted at test time by LLM-TTA. The images given to one `score` call are
 one test batch: an MLLM ranks them by p(good) after prompt 2 (Eq. 2), the norm layers adapt on the
 top-k / bottom-k clusters and the adapted model predicts; the source weights are restored after the
-batch. A batch smaller than 2k cannot form two clusters and gets source-model scores. The knobs are
-`TTAParams`, the scoring job's `adapt:` keys."""
+batch. A batch smaller than 2k cannot form two clusters and gets source-model scores, as does a call
+with `adapt=False` (the endpoint's per-request `adapt: false`). The knobs are `TTAParams`, the scoring
+job's `adapt:` keys."""
 from __future__ import annotations
 
 from typing import ClassVar
@@ -40,7 +41,8 @@ class LLMTTAScorer(Scorer):
         self.device = next(self.backbone.parameters()).device
         self.ranker = create_engine(config.ranker) if config.adapt else None
 
-    def score_arrays(self, images: list[np.ndarray]) -> list[ScoreResult]:
+    def score_arrays(self, images: list[np.ndarray], *, adapt: bool = True) -> list[ScoreResult]:
+        """The batch's adapted scores; `adapt=False`: the source model's, without a ranker call."""
         from rayiqa.methods import llm_tta
 
         cfg, n = self.config, len(images)
@@ -48,7 +50,7 @@ class LLMTTAScorer(Scorer):
             return []
         x = llm_tta.to_batch_tensor(images, cfg.image_size).to(self.device)
         cluster, p_good, adapted, final_loss = [None] * n, [None] * n, None, None
-        if self.ranker is not None and n >= 2 * cfg.k:
+        if adapt and self.ranker is not None and n >= 2 * cfg.k:
             ranking = llm_tta.prompt2_scores([self.ranker], images)
             res = llm_tta.adapt_and_predict(self.backbone, x, ranking, cfg)
             base, adapted, final_loss, p_good = res.base_scores, res.scores, res.final_loss, ranking.tolist()
