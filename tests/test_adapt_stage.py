@@ -47,10 +47,11 @@ def test_adapt_config_rejects_batches_too_small_for_the_clusters():
 def test_job_and_serve_share_one_tta_parameter_object_with_documented_keys():
     import yaml
 
-    from rayiqa.config.serve import ServeConfig, TTAModelConfig
+    from rayiqa.config.serve import ServeConfig
+    from rayiqa.scorers.llm_tta import LLMTTAScorerConfig
 
     knobs = set(TTAParams.model_fields)
-    assert issubclass(AdaptConfig, TTAParams) and issubclass(TTAModelConfig, TTAParams)
+    assert issubclass(AdaptConfig, TTAParams) and issubclass(LLMTTAScorerConfig, TTAParams)
     assert yaml.safe_load(open("configs/score.yaml"))["adapt"].keys() >= knobs  # every knob documented, one name each
     assert yaml.safe_load(open("configs/serve.yaml"))["models"]["tta-tiny-cnn"].keys() >= knobs
     with pytest.raises(ConfigError, match=r"adapt\.tau: .*tau=0"):

@@ -20,8 +20,9 @@ from rayiqa.config import load_config
 from rayiqa.config.grmp import GRMPFinetuneConfig, GRMPTrainConfig
 from rayiqa.config.promptiqa import PromptIQATrainConfig
 from rayiqa.config.score import ScoreConfig
-from rayiqa.config.serve import ServeConfig, TTAModelConfig
+from rayiqa.config.serve import ServeConfig
 from rayiqa.scorers.llm_iqa import LLMIQAScorerConfig
+from rayiqa.scorers.llm_tta import LLMTTAScorerConfig
 from rayiqa.config.study import StudyConfig
 from rayiqa.io.fs import split_uri
 
@@ -85,8 +86,8 @@ def used_models(cfg) -> list[str]:
         if isinstance(getattr(model, "scorer", None), LLMIQAScorerConfig):
             llm_iqa = model.scorer
             names += [m.preset for m in llm_iqa.mllms] + ([llm_iqa.segmenter.preset] if llm_iqa.method.segmentation else [])
-        elif isinstance(model, TTAModelConfig):
-            names += [model.backbone, model.ranker.preset]
+        elif isinstance(model.scorer, LLMTTAScorerConfig):
+            names += [model.scorer.backbone, model.scorer.ranker.preset]
     return names
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rayiqa.config import ScoreConfig, load_config
-from rayiqa.config.serve import DeploymentConfig, TTAModelConfig
+from rayiqa.config.serve import DeploymentConfig, ScorerModelConfig
 from rayiqa.config.tta import TTAParams
 from rayiqa.io.decode import decode_image
 from rayiqa.io.samples import samples_dir
@@ -33,7 +33,7 @@ JOB = [
 def test_job_and_endpoint_give_one_batch_the_same_tta_scores(ray_local, tmp_path):
     from ray import serve
 
-    from rayiqa.serve.tta import TTADeployment
+    from rayiqa.serve.base import ScorerDeployment
 
     src = tmp_path / "in"
     src.mkdir()
@@ -50,7 +50,8 @@ def test_job_and_endpoint_give_one_batch_the_same_tta_scores(ray_local, tmp_path
     assert len({r["tta_batch"] for r in rows}) == 1 and all(r["tta_note"] is None for r in rows)  # one batch of 8
 
     # the endpoint's model: the job's adapt: knobs as they are, its MLLM as the ranker
-    model = TTAModelConfig(
+    model = ScorerModelConfig(
+        kind="llm-tta",
         **cfg.adapt.model_dump(include=set(TTAParams.model_fields)),
         ranker=cfg.mllms[0],
         deployment=DeploymentConfig(num_cpus=0.25, max_batch_size=8, batch_wait_timeout_s=1.0),
@@ -58,7 +59,7 @@ def test_job_and_endpoint_give_one_batch_the_same_tta_scores(ray_local, tmp_path
     images = [decode_image((src / name).read_bytes(), cfg.input.max_pixels).image for name in names]  # as Serve's ingress
     serve.start(proxy_location="Disabled")  # handle calls only: no HTTP proxy actor
     try:
-        app = TTADeployment.options(**model.deployment.serve_options()).bind(model)
+        app = ScorerDeployment.options(**model.deployment.serve_options()).bind(model)
         handle = serve.run(app, name="tta-job-serve", route_prefix=None)
         results = handle.score.remote(images, {}).result(timeout_s=300)
     finally:

@@ -1,7 +1,7 @@
 """The serving endpoint's config (`rayiqa serve`, configs/serve.yaml): HTTP, limits, auth, one entry per model."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any
 
 from pydantic import (
     Field,
@@ -14,9 +14,7 @@ from pydantic import (
 )
 
 from rayiqa.config.base import RayConfig, Section, StorageConfig
-from rayiqa.config.score import MLLMConfig
 from rayiqa.config.scorers import ENDPOINT, SCORER_CONFIGS, ScorerConfig, relocated, scorer_config, value_error
-from rayiqa.config.tta import TTAParams
 
 
 class DeploymentConfig(Section):
@@ -58,9 +56,12 @@ class DeploymentConfig(Section):
         }
 
 
+KIND_ALIASES = {"tta": "llm-tta"}  # Serve's earlier name of a scorer kind -> the registered scorer
+
+
 class ScorerModelConfig(Section):
-    """A registered scorer behind one deployment: `kind` names it (rayiqa.list_scorers()) and its config
-    keys, those of its section in configs/score.yaml, sit beside `deployment`."""
+    """A registered scorer behind one deployment: `kind` names it (rayiqa.list_scorers(), or an alias in
+    KIND_ALIASES) and its config keys, those of its section in configs/score.yaml, sit beside `deployment`."""
 
     kind: str
     scorer: SerializeAsAny[ScorerConfig]
@@ -76,7 +77,7 @@ class ScorerModelConfig(Section):
         keys = data["scorer"] if "scorer" in data else {k: v for k, v in data.items() if k not in own}  # dumped, or as written
         errors = []
         try:
-            own["scorer"] = scorer_config(data.get("kind"), keys, ENDPOINT)
+            own["scorer"] = scorer_config(KIND_ALIASES.get(data.get("kind"), data.get("kind")), keys, ENDPOINT)
         except ValidationError as e:
             errors += relocated(e, ())
         except ValueError as e:
@@ -90,25 +91,15 @@ class ScorerModelConfig(Section):
         return cfg
 
 
-class TTAModelConfig(TTAParams):
-    """An IQA backbone served with LLM-TTA: an MLLM ranks each batch, norm layers adapt, then predict;
-    the adaptation's knobs are `TTAParams`, as in the scoring job's `adapt:` section."""
-
-    kind: Literal["tta"] = "tta"
-    ranker: MLLMConfig = Field(default_factory=MLLMConfig)  # reads p(good) after prompt 2 (Eq. 2)
-    adapt: bool = True  # False: source-model scores only (no ranker call)
-    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
-
-
 def _model_entry(value: Any) -> Any:
-    """One `models:` entry: `kind: tta` is the LLM-TTA backbone, any other kind a registered scorer."""
-    if isinstance(value, (ScorerModelConfig, TTAModelConfig)):
+    """One `models:` entry, its errors located under its kind as pydantic's tagged unions put them."""
+    if isinstance(value, ScorerModelConfig):
         return value
     kind = value.get("kind") if isinstance(value, dict) else None
     try:
-        return (TTAModelConfig if kind == "tta" else ScorerModelConfig).model_validate(value)
-    except ValidationError as e:  # errors located under the kind, as pydantic's tagged unions put them
-        known = kind == "tta" or kind in SCORER_CONFIGS
+        return ScorerModelConfig.model_validate(value)
+    except ValidationError as e:
+        known = kind in SCORER_CONFIGS or kind in KIND_ALIASES
         raise ValidationError.from_exception_data("ModelConfig", relocated(e, (kind,) if known else ())) from None
 
 
@@ -116,7 +107,7 @@ def _dump_entry(entry: Section, info: SerializationInfo) -> dict[str, Any]:
     return entry.model_dump(mode=info.mode)
 
 
-ModelConfig = Annotated[Union[ScorerModelConfig, TTAModelConfig], PlainValidator(_model_entry), PlainSerializer(_dump_entry)]
+ModelConfig = Annotated[ScorerModelConfig, PlainValidator(_model_entry), PlainSerializer(_dump_entry)]
 
 
 class HTTPConfig(Section):
@@ -158,7 +149,7 @@ class ServeConfig(Section):
     fetch: FetchConfig = Field(default_factory=FetchConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)  # for s3:// image URIs
     models: dict[str, ModelConfig] = Field(
-        default_factory=lambda: {"llm-iqa": ScorerModelConfig(kind="llm-iqa", scorer=scorer_config("llm-iqa")),
-                                 "tta-tiny-cnn": TTAModelConfig()}, min_length=1
+        default_factory=lambda: {"llm-iqa": ScorerModelConfig(kind="llm-iqa"), "tta-tiny-cnn": ScorerModelConfig(kind="tta")},
+        min_length=1,
     )
     ray: RayConfig = Field(default_factory=RayConfig)

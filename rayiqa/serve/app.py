@@ -43,12 +43,9 @@ from rayiqa.serve.metrics import EndpointMetrics
 
 log = logging.getLogger(__name__)
 
-# Models with their own request API (PromptIQA's requirements, the TTA backbone's adapt flag), imported
-# on demand; every other kind is a registered scorer behind ScorerDeployment.
-DEPLOYMENTS: dict[str, str] = {
-    "promptiqa": "rayiqa.serve.promptiqa:PromptIQADeployment",
-    "tta": "rayiqa.serve.tta:TTADeployment",
-}
+# Models with their own request API (PromptIQA's requirements), imported on demand; every other kind is
+# a registered scorer behind ScorerDeployment (a request's options are its scorer's call options).
+DEPLOYMENTS: dict[str, str] = {"promptiqa": "rayiqa.serve.promptiqa:PromptIQADeployment"}
 REQUIREMENT_KINDS = frozenset({"promptiqa"})
 DECODE_STATUS = {"too_large": 413, "too_many_bytes": 413}  # other decode failures: 415
 FORM_OVERHEAD_BYTES = 1 << 20  # allowance for multipart/JSON framing in the Content-Length check
@@ -75,7 +72,7 @@ class ScoreOptions(BaseModel):
 
     model: str = Field(description="a name from GET /v1/models")
     requirement: str | None = Field(default=None, description="PromptIQA: a registered requirement name")
-    adapt: bool | None = Field(default=None, description="TTA models: false for source-model scores")
+    adapt: bool | None = Field(default=None, description="llm-tta models: false for source-model scores")
 
 
 class ScoreRequest(ScoreOptions):
@@ -380,7 +377,8 @@ class IngressDeployment(Ingress):
 
     @app.post(
         "/v1/requirements",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RequirementRequest"}}}}},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/RequirementRequest"}}}}},
         summary="Register a PromptIQA requirement (image-score pairs)",
     )
     async def add_requirement_route(self, request: Request) -> dict[str, Any]:
@@ -475,7 +473,8 @@ def run_serve(cfg: ServeConfig, blocking: bool = False) -> DeploymentHandle:
         api_key(cfg)
     ensure_ray(cfg.ray)
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
-    log.info("rayiqa: deploying %s on http://%s:%d%s (docs at /docs)", sorted(cfg.models), cfg.http.host, cfg.http.port, cfg.http.route_prefix)
+    log.info("rayiqa: deploying %s on http://%s:%d%s (docs at /docs)",
+             sorted(cfg.models), cfg.http.host, cfg.http.port, cfg.http.route_prefix)
     return serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.http.route_prefix, blocking=blocking)
 
 
