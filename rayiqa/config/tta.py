@@ -1,6 +1,6 @@
 """LLM-TTA's parameters: `TTAParams` carries every knob of one adaptation (backbone, input size,
-clusters, loss, optimiser), shared by the scoring job's `adapt:` section, the Serve TTA model and
-`rayiqa.methods.llm_tta`, so the same batch gets the same adapted scores from each."""
+clusters, loss, optimiser), shared by the scoring job's `adapt:` section, the `llm-tta` scorer (which
+Serve's llm-tta models wrap) and `rayiqa.methods.llm_tta`, so the same batch gets the same adapted scores from each."""
 from __future__ import annotations
 
 from typing import Any, Literal
