@@ -67,7 +67,8 @@ def measure(cfg: SegmenterConfig, generator: str, inputs: list[np.ndarray]) -> d
     for image in inputs:
         kept += len(seg.masks(image))
     total = time.perf_counter() - started
-    return {"s": total, "enc": split.encoder, "dec": split.decoder, "post": total - split.encoder - split.decoder, "kept": kept / len(inputs)}
+    return {"s": total, "enc": split.encoder, "dec": split.decoder, "post": total - split.encoder - split.decoder,
+            "kept": kept / len(inputs)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,12 +6,10 @@ draws only kept masks, in row bands, so a 36 MP image is scored in the job's seg
 12 MP one in the Serve deployment's scoring function within the bounds below.
 """
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
-import pytest
 from PIL import Image
 
 from rayiqa.config import ScoreConfig, load_config
