@@ -63,12 +63,13 @@ def _check_scored_row(row, n_models=1, lam=1.0):
         assert 0 <= x0 < x1 <= row["width"] and 0 <= y0 < y1 <= row["height"]
 
 
-def test_job_scores_samples_and_names_each_broken_file(ray_local, tmp_path):
+@pytest.mark.parametrize("generator", ["fast", "sam2"])
+def test_job_scores_samples_and_names_each_broken_file(ray_local, tmp_path, generator):
     src = tmp_path / "in"
     good = _copy_samples(src, 4)
     broken = write_broken_files(src / "broken")
     tricky = write_tricky_files(src / "tricky")
-    summary = run_score(_cfg(tmp_path, src))
+    summary = run_score(_cfg(tmp_path, src, f"segmenter.generator={generator}"))
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in _read(tmp_path / "out")}
     inputs = [p for p in src.rglob("*") if p.is_file()]
     assert len(rows) == summary.rows == summary.unique_paths == len(inputs)
