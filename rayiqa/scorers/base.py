@@ -3,6 +3,7 @@
 all build scorers here, so the same image gets the same score from each."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from rayiqa.config import ConfigError, InputConfig
+from rayiqa.config.base import error_lines
 from rayiqa.config.scorers import ScorerConfig, register_config, scorer_config, scorer_names
 
 
@@ -28,7 +30,7 @@ class ScoreResult:
         return {"evidence": self.evidence} if self.score is None else {"score": self.score, "evidence": self.evidence}
 
 
-class Scorer:
+class Scorer(ABC):
     """Base of every scorer: `score` accepts arrays, PIL images and URIs; subclasses score decoded
     H x W x 3 uint8 arrays in `score_arrays`."""
 
@@ -45,10 +47,10 @@ class Scorer:
         `options` are the scorer's call options (`score_arrays`' keyword-only arguments)."""
         return self.score_arrays([as_rgb(image, self.input_cfg) for image in images], **options)
 
+    @abstractmethod
     def score_arrays(self, images: list[np.ndarray]) -> list[ScoreResult]:
         """Scores of decoded arrays; a scorer's keyword-only arguments are its call options (the
         endpoint passes a request's options of those names)."""
-        raise NotImplementedError
 
 
 Factory = Callable[[ScorerConfig, InputConfig], Scorer]
@@ -77,9 +79,7 @@ def create_scorer(name: str, *, input: InputConfig | None = None, **config: Any)
     try:
         cfg = scorer_config(name, config)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}"
-                             for err in e.errors())
-        raise ConfigError(f"scorer {name!r}: {problems}") from None
+        raise ConfigError(f"scorer {name!r}: {'; '.join(error_lines(e))}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return build_scorer(cfg, input)
