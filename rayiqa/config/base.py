@@ -60,15 +60,10 @@ class RayConfig(Section):
     num_cpus: int | None = None  # local Ray only
 
 
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+def error_lines(err: ValidationError) -> list[str]:
+    """One `dotted.key: message` per problem of a validation error (an unknown key says so)."""
+    return [f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+            f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}" for e in err.errors()]
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -136,4 +131,5 @@ def load_config(model: type[BaseModel], path: str | Path | None = None, override
         return model.model_validate(raw)
     except ValidationError as e:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid {model.__name__}{where}:\n{_format_errors(e)}") from None
+        problems = "\n".join(f"  {line}" for line in error_lines(e))
+        raise ConfigError(f"invalid {model.__name__}{where}:\n{problems}") from None
