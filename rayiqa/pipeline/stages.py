@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from rayiqa.config import InputConfig, LLMIQAConfig, MLLMConfig, SegmenterConfig
 from rayiqa.methods import llm_iqa
+from rayiqa.scorers.base import refused_alone
 from rayiqa.scorers.llm_iqa import CropFinder, LevelModel, combine, model_scores
 
 log = logging.getLogger(__name__)
@@ -199,21 +200,22 @@ def drop_pixels(batch: dict) -> dict:
 
 
 def score_isolated(batch: dict, score_rows) -> dict:
-    """`score_rows(batch, rows) -> {row: result}` over the batch's good rows in one call. A ValueError
-    means the model refused an input on its own merits (a prompt too long, an image its processor
-    rejects): then row by row, and a row refused alone becomes a `model_error` row. Any other
-    exception is the model's, not the image's: it propagates, and Ray Data re-runs the block."""
+    """`score_rows(batch, rows) -> {row: result}` over the batch's good rows in one call; a row the model
+    refuses alone (`refused_alone`) becomes a `model_error` row. Any other exception is the model's,
+    not the image's: it propagates, and Ray Data re-runs the block."""
+    def run(rs: list[int]) -> list:
+        scored = score_rows(batch, rs)
+        return [scored[i] for i in rs]
+
     rows = [i for i in range(len(batch["path"])) if _ok(batch, i)]
-    try:
-        return score_rows(batch, rows)
-    except ValueError:
-        out = {}
-        for i in rows:
-            try:
-                out.update(score_rows(batch, [i]))
-            except ValueError as exc:
-                _set_error(batch, i, "model_error", exc)
-        return out
+    results = refused_alone(run, rows)
+    out = {}
+    for i, result in zip(rows, results):
+        if isinstance(result, ValueError):
+            _set_error(batch, i, "model_error", result)
+        else:
+            out[i] = result
+    return out
 
 
 def requests_of(batch: dict, i: int) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -53,6 +53,8 @@ class Scorer(ABC):
         endpoint passes a request's options of those names)."""
 
 
+T = TypeVar("T")
+R = TypeVar("R")
 Factory = Callable[[ScorerConfig, InputConfig], Scorer]
 FACTORIES: dict[str, Factory] = {}
 
@@ -83,6 +85,22 @@ def create_scorer(name: str, *, input: InputConfig | None = None, **config: Any)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return build_scorer(cfg, input)
+
+
+def refused_alone(run: Callable[[list[T]], list[R]], items: list[T]) -> list[R | ValueError]:
+    """`run(items)` in one call. A ValueError means the model refused an input on its own merits (a prompt
+    too long, an image its processor rejects): then item by item, an item refused alone giving its error.
+    Any other exception is the model's, not an input's, and propagates."""
+    try:
+        return run(items)
+    except ValueError:
+        out: list[R | ValueError] = []
+        for item in items:
+            try:
+                out.extend(run([item]))
+            except ValueError as exc:
+                out.append(exc)
+        return out
 
 
 def list_scorers() -> list[str]:

@@ -16,7 +16,7 @@ from pydantic import Field
 from rayiqa.config import InputConfig, LLMIQAConfig, MLLMConfig, SegmenterConfig
 from rayiqa.config.scorers import ScorerConfig
 from rayiqa.methods import llm_iqa
-from rayiqa.scorers.base import Scorer, ScoreResult, register_scorer
+from rayiqa.scorers.base import Scorer, ScoreResult, refused_alone, register_scorer
 
 
 class LLMIQAScorerConfig(ScorerConfig):
@@ -117,20 +117,15 @@ class LLMIQAScorer(Scorer):
 
     def score_arrays(self, images: list[np.ndarray]) -> list[ScoreResult]:
         """All images' requests in one engine call per model; an image a model refuses (ValueError: a
-        prompt too long, an image its processor rejects) gets `evidence.error`, the others their scores."""
-        try:
-            return self._score(images)
-        except ValueError:
-            return [self._score_alone(image) for image in images]
-
-    def _score_alone(self, image: np.ndarray) -> ScoreResult:
-        try:
-            return self._score([image])[0]
-        except ValueError as exc:
-            return ScoreResult(None, {"error": f"model_error: {type(exc).__name__}: {exc}"})
-
-    def _score(self, images: list[np.ndarray]) -> list[ScoreResult]:
+        prompt too long, an image its processor rejects) gets `evidence.error`, the others their scores.
+        Each image is segmented once, whether it is scored with the others or alone."""
         found = [self.crops(image) for image in images]
+        results = refused_alone(lambda idx: self._score([images[i] for i in idx], [found[i] for i in idx]),
+                                list(range(len(images))))
+        return [ScoreResult(None, {"error": f"model_error: {type(r).__name__}: {r}"}) if isinstance(r, ValueError) else r
+                for r in results]
+
+    def _score(self, images: list[np.ndarray], found: list[tuple]) -> list[ScoreResult]:
         requests = []
         for image, (boxes, _, masks) in zip(images, found):
             packed = masks if len(masks) == len(boxes) else [None] * len(boxes)
