@@ -4,11 +4,14 @@
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from rayiqa.config.base import RayConfig, Section
 
-ALL_TYPES = ["gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "contrast", "brightness", "saturation", "pixelation"]
+TRAIN_TYPES = ["gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "contrast", "pixelation"]
+GRID = 28  # px: one merged vision token of Qwen2.5-VL (patch 14 x spatial merge 2)
 
 
 class TinyShapeConfig(Section):
@@ -18,6 +21,7 @@ class TinyShapeConfig(Section):
     layers: int = Field(default=3, gt=0)  # language model decoder layers
     vision_hidden_size: int = Field(default=96, gt=0)  # vision tower width (head_dim stays 32)
     vision_depth: int = Field(default=3, gt=0)  # vision tower blocks; the last one uses full attention
+    patch_init: Literal["dct", "random"] = "dct"  # the patch embedding's start: a DCT basis or random weights
 
     @model_validator(mode="after")
     def _head_dim_32(self) -> "TinyShapeConfig":
@@ -28,19 +32,20 @@ class TinyShapeConfig(Section):
 
 
 class TinyDataConfig(Section):
-    """Training rows: random crops of packaged photographs, graded distortions, SSIM labels."""
+    """Training rows: random crops of packaged photographs or dead-leaves images, graded distortions, GMSD labels."""
 
     train_photos: list[str] = Field(default_factory=lambda: [
         "clock", "text", "grass", "gravel", "cell", "hubble_deep_field", "retina", "grace_hopper"])
     holdout_photos: list[str] = Field(default_factory=lambda: ["camera", "coins", "brick", "immunohistochemistry"])
-    types: list[str] = Field(default_factory=lambda: list(ALL_TYPES), min_length=1)  # rayiqa.data.distortions names
-    rows: int = Field(default=3000, gt=0)  # rows per run; each holds a pristine crop and two versions of it
-    side_range: tuple[int, int] = (64, 448)  # long side of a crop, px
-    p_pristine: float = Field(default=0.15, ge=0, le=1)  # chance a version is left undistorted
-    ssim_floor: float = Field(default=0.3, ge=0, lt=1)  # q = (SSIM - floor) / (1 - floor), clipped to [0, 1]
+    types: list[str] = Field(default_factory=lambda: list(TRAIN_TYPES), min_length=1)  # rayiqa.data.distortions names
+    rows: int = Field(default=4000, gt=0)  # rows per run; each holds a pristine image and `versions` copies of it
+    versions: int = Field(default=3, ge=1)  # distorted copies per row
+    dead_leaves: float = Field(default=0.5, ge=0, le=1)  # share of rows whose pristine image is a dead-leaves image
+    side_range: tuple[int, int] = (112, 252)  # long side of a crop, px (sides are then cut to multiples of 28)
+    gmsd_ceiling: float = Field(default=0.3, gt=0)  # q = 1 - GMSD / ceiling, clipped to [0, 1] (per image and per token)
     tie_margin: float = Field(default=0.08, gt=0)  # double stimulus: |q_a - q_b| below this leans to "comparable"
     holdout_long_side: int = Field(default=384, gt=0)  # held-out photos are resized to this, like the samples
-    holdout_levels: int = Field(default=5, ge=2)  # levels per type in the held-out table
+    holdout_levels: int = Field(default=3, ge=2)  # levels per type in the held-out table
 
     @model_validator(mode="after")
     def _disjoint(self) -> "TinyDataConfig":
@@ -48,6 +53,17 @@ class TinyDataConfig(Section):
         if shared:
             raise ValueError(f"train_photos and holdout_photos share {shared}")
         return self
+
+
+class VisionPhaseConfig(Section):
+    """The first epochs: the vision tower alone, with training-only heads (local quality, type)."""
+
+    epochs: int = Field(default=6, ge=0)  # 0: skip the phase
+    lr: float = Field(default=1e-3, gt=0)  # AdamW peak learning rate
+    local_weight: float = Field(default=2.0, ge=0)  # MSE of each token's predicted local quality (its cell's GMSD label)
+    rank_weight: float = Field(default=1.0, ge=0)  # pairwise logistic loss ranking a row's images by their label
+    type_weight: float = Field(default=0.5, ge=0)  # cross-entropy naming the distortion type (or none)
+    rank_margin: float = Field(default=0.03, ge=0)  # label gap below which a pair is not ranked
 
 
 class PromptMixConfig(Section):
@@ -61,18 +77,20 @@ class PromptMixConfig(Section):
 
 
 class TinyIQATrainConfig(Section):
-    """`rayiqa train tiny-iqa CONFIG`: soft-label cross-entropy on level tokens, DDP on Ray Train."""
+    """`rayiqa train tiny-iqa CONFIG`: vision epochs, then soft-label cross-entropy on level tokens; DDP on Ray Train."""
 
     model: TinyShapeConfig = Field(default_factory=TinyShapeConfig)
     data: TinyDataConfig = Field(default_factory=TinyDataConfig)
+    vision: VisionPhaseConfig = Field(default_factory=VisionPhaseConfig)
     prompts: PromptMixConfig = Field(default_factory=PromptMixConfig)
     min_pixels: int = Field(default=3136, gt=0)  # processor resize bounds, as in the scoring configs
     max_pixels: int = Field(default=200704, gt=0)
-    epochs: int = Field(default=6, gt=0)
-    batch_size: int = Field(default=8, gt=0)  # requests per worker per step
-    lr: float = Field(default=2e-3, gt=0)  # AdamW peak learning rate
+    epochs: int = Field(default=4, gt=0)  # prompt epochs, after the vision phase's
+    batch_size: int = Field(default=8, gt=0)  # rows per worker per step
+    lr: float = Field(default=1e-3, gt=0)  # AdamW peak learning rate of the prompt phase
+    clip_norm: float = Field(default=1.0, gt=0)  # gradient norm clip, both phases
     weight_decay: float = Field(default=0.01, ge=0)
-    warmup_steps: int = Field(default=100, ge=0)  # linear warm-up, then cosine decay to 0
+    warmup_steps: int = Field(default=50, ge=0)  # linear warm-up, then cosine decay to 0 (each phase)
     max_steps_per_epoch: int | None = Field(default=None, gt=0)  # cap steps per worker per epoch (smoke runs)
     holdout_eval: bool = True  # score the held-out photos after each epoch (rank 0)
     num_workers: int = Field(default=2, gt=0)  # DDP workers (gloo)

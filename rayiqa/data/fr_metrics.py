@@ -42,19 +42,30 @@ def _gradient_magnitude(luma: np.ndarray) -> np.ndarray:
     return np.hypot(ndimage.correlate(luma, _PREWITT_X), ndimage.correlate(luma, _PREWITT_X.T))
 
 
-def gmsd(reference: np.ndarray, distorted: np.ndarray) -> float:
-    """Gradient Magnitude Similarity Deviation (Xue et al., TIP 2014): 0 = identical, higher = worse.
-
-    Luma, 2x2 mean filter and downsampling by 2, Prewitt gradient magnitudes m_r and m_d,
-    GMS = (2 m_r m_d + c) / (m_r^2 + m_d^2 + c), GMSD = standard deviation of the GMS map.
-    """
+def gms_map(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
+    """GMSD's gradient magnitude similarity map, at half resolution: luma, 2x2 mean filter and
+    downsampling by 2, Prewitt gradient magnitudes m_r and m_d, GMS = (2 m_r m_d + c) / (m_r^2 + m_d^2 + c)."""
     maps = []
     for image in (reference, distorted):
         luma = ndimage.uniform_filter(rgb2gray(image), size=2, mode="nearest")[::2, ::2]
         maps.append(_gradient_magnitude(luma))
     m_r, m_d = maps
-    gms = (2.0 * m_r * m_d + GMSD_C) / (m_r**2 + m_d**2 + GMSD_C)
-    return float(gms.std())
+    return (2.0 * m_r * m_d + GMSD_C) / (m_r**2 + m_d**2 + GMSD_C)
+
+
+def gmsd(reference: np.ndarray, distorted: np.ndarray) -> float:
+    """Gradient Magnitude Similarity Deviation (Xue et al., TIP 2014): the standard deviation of the
+    GMS map; 0 = identical, higher = worse."""
+    return float(gms_map(reference, distorted).std())
+
+
+def gmsd_cells(reference: np.ndarray, distorted: np.ndarray, cell: int) -> np.ndarray:
+    """GMSD of each cell x cell block (the GMS map's standard deviation within it; `cell` even): a local
+    quality map whose cells line up with a vision tower's merged tokens when the sides are multiples of `cell`."""
+    gms = gms_map(reference, distorted)
+    half = cell // 2
+    h, w = gms.shape[0] // half, gms.shape[1] // half
+    return gms[: h * half, : w * half].reshape(h, half, w, half).std(axis=(1, 3))
 
 
 @dataclass(frozen=True)

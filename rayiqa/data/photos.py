@@ -16,7 +16,8 @@ from PIL import Image
 from skimage import img_as_float
 
 from rayiqa.data.distortions import distortion
-from rayiqa.data.fr_metrics import ssim
+from rayiqa.data.dead_leaves import dead_leaves
+from rayiqa.data.fr_metrics import gmsd, gmsd_cells, ssim
 from rayiqa.data.rows import DatasetError
 
 PHOTO_LONG_SIDE = 640  # larger photographs are shrunk to this before cropping
@@ -123,34 +124,55 @@ def distort_at(image: np.ndarray, name: str, strength: float, rng: np.random.Gen
     return d.apply(image, float(round(param)) if d.integer else float(param), rng)
 
 
-def quality(reference: np.ndarray, distorted: np.ndarray, floor: float) -> float:
-    """The label q in [0, 1]: SSIM against the pristine image, mapped linearly from [floor, 1]."""
-    value = ssim(img_as_float(reference), img_as_float(distorted))
-    return float(np.clip((value - floor) / (1.0 - floor), 0.0, 1.0))
+def quality(gmsd_value: np.ndarray | float, ceiling: float) -> np.ndarray | float:
+    """The label q in [0, 1] from a GMSD (0: identical): 1 - GMSD / ceiling, clipped. GMSD rather than SSIM,
+    because SSIM punishes noise far harder than blur, JPEG or contrast at the same visible strength."""
+    return np.clip(1.0 - np.asarray(gmsd_value) / ceiling, 0.0, 1.0)
 
 
 def make_example(
-    sources: Sequence[str], types: Sequence[str], side_range: tuple[int, int], p_pristine: float,
-    ssim_floor: float, seed: Sequence[int],
+    sources: Sequence[str], types: Sequence[str], side_range: tuple[int, int], dead_leaves_share: float,
+    versions: int, gmsd_ceiling: float, grid: int, seed: Sequence[int],
 ) -> dict:
-    """One training row: a pristine crop and two versions of it (each distorted or not), with labels.
+    """One training row: a pristine image and `versions` distorted copies of it, with labels.
 
-    Seeded by `seed` alone, so a row is the same wherever and whenever it is made.
+    The pristine image is a random crop of a photograph or, with probability `dead_leaves_share`, a
+    dead-leaves image; its sides are multiples of `grid` (a vision tower's merged-token size), so the
+    processor leaves it unscaled and the local quality maps line up with its tokens. Each copy has
+    a random type and strength, the image-level label q (GMSD, see `quality`) and a per-cell map of
+    the same mapping of each cell's own GMSD. Image 0 is the pristine one (q = 1, type "none"). Seeded by
+    `seed` alone, so a row is the same wherever and whenever it is made.
     """
     rng = np.random.default_rng(list(seed))
-    source = sources[int(rng.integers(len(sources)))]
-    photo = load_photos(tuple(sources), PHOTO_LONG_SIDE)[source]
-    pristine = random_crop(photo, side_range, rng)
-    row: dict = {"source": source, "pristine": png_bytes(pristine)}
-    for key in ("a", "b"):
-        if rng.random() < p_pristine:
-            image, kind, q = pristine, "none", 1.0
-        else:
-            kind = types[int(rng.integers(len(types)))]
-            image = distort_at(pristine, kind, float(rng.uniform()), rng)
-            q = quality(pristine, image, ssim_floor)
-        row |= {f"image_{key}": png_bytes(image), f"type_{key}": kind, f"q_{key}": q}
+    lo, hi = side_range
+    if rng.random() < dead_leaves_share:
+        source, side = "dead_leaves", int(rng.integers(lo, hi + 1))
+        aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+        content = dead_leaves(round(side / max(aspect, 1.0)), round(side * min(aspect, 1.0)), rng)
+    else:
+        source = sources[int(rng.integers(len(sources)))]
+        content = random_crop(load_photos(tuple(sources), PHOTO_LONG_SIDE)[source], side_range, rng)
+    h, w = (max(2 * grid, n // grid * grid) for n in content.shape[:2])
+    pristine = np.ascontiguousarray(resize_to(content, h, w))
+    row: dict = {"source": source, "images": [png_bytes(pristine)], "q": [1.0], "types": ["none"],
+                 "qmaps": [np.ones((h // grid, w // grid), np.float32).tobytes()], "grid_hw": [h // grid, w // grid]}
+    for _ in range(versions):
+        kind = types[int(rng.integers(len(types)))]
+        image = distort_at(pristine, kind, float(rng.uniform()), rng)
+        reference, copy = img_as_float(pristine), img_as_float(image)
+        row["images"].append(png_bytes(image))
+        row["q"].append(float(quality(gmsd(reference, copy), gmsd_ceiling)))
+        row["types"].append(kind)
+        row["qmaps"].append(quality(gmsd_cells(reference, copy, grid), gmsd_ceiling).astype(np.float32).tobytes())
     return row
+
+
+def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`image` cropped to at most height x width from its top-left corner, then (only if smaller) resized up."""
+    out = image[:height, :width]
+    if out.shape[:2] != (height, width):
+        out = np.asarray(Image.fromarray(out).resize((width, height), Image.Resampling.LANCZOS))
+    return out
 
 
 @lru_cache(maxsize=4)

@@ -1,11 +1,19 @@
 """Teach a small Qwen2.5-VL rayiqa's quality prompts on Ray Train (TorchTrainer, DDP over gloo/NCCL).
 
-Rows are made by Ray Data tasks: a random crop of a packaged photograph (never a bundled sample)
-and two versions of it, each distorted at a random strength or left pristine, labelled by SSIM
-against the crop (rayiqa.data.photos). Each step asks every row one question drawn from the prompt
-families (rayiqa.methods.level_targets) and minimises the soft-label cross-entropy of the softmax
-over the level tokens at the last prompt position: the very read-out of the scoring engines, through
-the same `TransformersEngine.encode` (chat template, processor with the configured pixel bounds).
+Rows are made by Ray Data tasks: a random crop of a packaged photograph (never a bundled sample) or a
+dead-leaves image, and distorted copies of it at random strengths, labelled by GMSD against it, per
+image and per merged vision token (rayiqa.data.photos). Training has two phases over one run:
+
+- vision epochs teach the vision tower alone to see distortions: a linear head on each merged token
+  regresses that token's local label, the mean of those predictions ranks the copies of one row
+  (pairwise logistic loss on the image labels), and a linear head on the pooled tokens names the
+  distortion type. The heads exist only in training (their state rides in the checkpoint's train state).
+- prompt epochs freeze the tower's patch embedding and blocks and teach the merger and the language
+  model rayiqa's prompts: each row is asked one question drawn from the prompt families
+  (rayiqa.methods.level_targets), with the soft-label cross-entropy of the softmax over the level
+  tokens at the last prompt position, the very read-out of the scoring engines, through the same
+  `TransformersEngine.encode` (chat template, processor with the configured pixel bounds).
+
 Each epoch ends with a checkpoint that is itself a loadable Hugging Face folder (plus the optimiser
 state); a rerun with the same storage_path + name, or a Ray Train retry, resumes from the latest.
 """
@@ -24,7 +32,7 @@ import ray.train
 import torch
 
 from rayiqa.config import MLLMConfig, load_config
-from rayiqa.config.tiny_iqa import TinyIQATrainConfig, TinyShapeConfig
+from rayiqa.config.tiny_iqa import GRID, TinyIQATrainConfig, TinyShapeConfig, VisionPhaseConfig
 from rayiqa.data.photos import decode_png, holdout_set, make_example
 from rayiqa.methods import llm_tta, study_prompts
 from rayiqa.methods.level_targets import FAMILIES, draw_question
@@ -38,8 +46,34 @@ from rayiqa.train.skeleton import (TRAIN_STATE_FILE, fit, load_train_state, repo
 log = logging.getLogger(__name__)
 
 
+def dct_patch_embedding(weight: torch.Tensor, colour: int = 6) -> None:
+    """Set a Conv3d patch embedding (hidden, 3, T, P, P) to a DCT basis: luma basis functions evenly
+    spread over the frequencies (low to high, each scaled by 1 + |f| so fine detail is not drowned by
+    the patch mean), plus `colour` colour-opponent low frequencies. A random init would have to
+    discover these directions itself; with them, noise, blur and blocking are visible from step 0."""
+    n = weight.shape[-1]
+    k = np.arange(n)
+    basis = np.cos(np.pi * (2 * k[None] + 1) * k[:, None] / (2 * n)) * np.sqrt(2 / n)
+    basis[0] /= np.sqrt(2)
+    freqs = sorted(((u, v) for u in range(n) for v in range(n)), key=lambda f: (f[0] + f[1], f[0]))
+    luma = weight.shape[0] - colour
+    with torch.no_grad():
+        weight.zero_()
+        for o in range(luma):
+            u, v = freqs[round(o * (len(freqs) - 1) / max(1, luma - 1))]
+            gain = 0.1 if (u, v) == (0, 0) else 1 + np.hypot(u, v)
+            weight[o] = torch.tensor(np.outer(basis[u], basis[v]) * gain / (3 * weight.shape[2]), dtype=weight.dtype)
+        for o in range(colour):
+            u, v = [(0, 0), (0, 1), (1, 0)][o // 2 % 3]
+            f = torch.tensor(np.outer(basis[u], basis[v]) / weight.shape[2], dtype=weight.dtype)
+            weight[luma + o, 2 * (o % 2)] = f  # red (even) or blue (odd) against green
+            weight[luma + o, 1] = -f
+
+
 def build_initial_model(shape: TinyShapeConfig, seed: int, folder: Path) -> Path:
-    """The `tiny` preset's config, tokenizer and processor at `shape`, random weights from `seed`."""
+    """The `tiny` preset's config, tokenizer and processor at `shape`, random weights from `seed`, the
+    patch embedding set to a DCT basis (`shape.patch_init`) and nearest-neighbour resizing in the
+    processor: its resize to whole merged tokens then keeps the pixels' noise and sharpness as they are."""
     from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from rayiqa.models.mllm.tiny import tiny_checkpoint_dir
@@ -57,8 +91,13 @@ def build_initial_model(shape: TinyShapeConfig, seed: int, folder: Path) -> Path
         "out_hidden_size": shape.hidden_size, "fullatt_block_indexes": [shape.vision_depth - 1],
     })
     torch.manual_seed(seed)
-    Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).save_pretrained(folder)
-    AutoProcessor.from_pretrained(tiny).save_pretrained(folder)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    if shape.patch_init == "dct":
+        dct_patch_embedding(model.model.visual.patch_embed.proj.weight)
+    model.save_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(tiny)
+    processor.image_processor.resample = 0  # PIL.Image.Resampling.NEAREST
+    processor.save_pretrained(folder)
     return folder
 
 
@@ -66,8 +105,8 @@ def make_rows(batch: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, li
     """Ray Data task: the training rows whose ids are in this batch (each seeded by (seed, id))."""
     c = TinyIQATrainConfig.model_validate(cfg)
     d = c.data
-    rows = [make_example(d.train_photos, d.types, d.side_range, d.p_pristine, d.ssim_floor, [c.seed, int(i)])
-            for i in batch["id"]]
+    rows = [make_example(d.train_photos, d.types, d.side_range, d.dead_leaves, d.versions, d.gmsd_ceiling, GRID,
+                         [c.seed, int(i)]) for i in batch["id"]]
     return {key: [r[key] for r in rows] for key in rows[0]}
 
 
@@ -86,16 +125,80 @@ def level_loss(logits: torch.Tensor, level_ids: list[list[int]], targets: list[n
 
 
 def _questions(batch: dict[str, np.ndarray], cfg: TinyIQATrainConfig, rng: np.random.Generator) -> tuple[list, list]:
+    """One question per row about two of its images (either may be the pristine one), the pristine as reference."""
     weights = np.array([getattr(cfg.prompts, f) for f in FAMILIES], dtype=float)
     requests, targets = [], []
-    for i in range(len(batch["q_a"])):
+    for i in range(len(batch["q"])):
         family = FAMILIES[int(rng.choice(len(FAMILIES), p=weights / weights.sum()))]
-        question = draw_question(family, (float(batch["q_a"][i]), float(batch["q_b"][i])), True,
+        a, b = rng.choice(len(batch["q"][i]), size=2, replace=False)
+        question = draw_question(family, (float(batch["q"][i][a]), float(batch["q"][i][b])), True,
                                  cfg.data.tie_margin, rng)
-        images = [batch["image_a"][i], batch["image_b"][i], batch["pristine"][i]]
+        images = [batch["images"][i][a], batch["images"][i][b], batch["images"][i][0]]
         requests.append(LevelRequest(question.prompt, [decode_png(images[j]) for j in question.images]))
         targets.append(question.target)
     return requests, targets
+
+
+class VisionObjective(torch.nn.Module):
+    """The vision tower with its training heads: a local-quality logit per merged token and distortion-type
+    logits from the mean token (the language model is not involved)."""
+
+    def __init__(self, visual: torch.nn.Module, n_types: int) -> None:
+        super().__init__()
+        width = visual.merger.mlp[-1].out_features
+        self.visual, self.token_head, self.type_head = visual, torch.nn.Linear(width, 1), torch.nn.Linear(width, n_types)
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        tokens = self.visual(pixel_values, grid_thw=grid_thw).pooler_output
+        per_image = torch.split(tokens, (grid_thw.prod(-1) // 4).tolist())
+        return ([self.token_head(t)[:, 0] for t in per_image],
+                self.type_head(torch.stack([t.mean(0) for t in per_image])))
+
+
+def image_logit(token_logits: torch.Tensor) -> torch.Tensor:
+    """An image's quality logit: the logit of its tokens' mean predicted local quality."""
+    return torch.logit(torch.sigmoid(token_logits).mean(), eps=1e-4)
+
+
+def vision_loss(token_logits: list[torch.Tensor], type_logits: torch.Tensor, qmaps: list[torch.Tensor],
+                q: torch.Tensor, types: torch.Tensor, group: int, w: VisionPhaseConfig) -> tuple[torch.Tensor, dict]:
+    """Local-quality MSE per token + pairwise logistic ranking of each row's images + type cross-entropy."""
+    local = torch.stack([((torch.sigmoid(t) - m) ** 2).mean() for t, m in zip(token_logits, qmaps)]).mean()
+    s = torch.stack([image_logit(t) for t in token_logits]).view(-1, group)
+    dq, ds = q.view(-1, group)[:, :, None] - q.view(-1, group)[:, None, :], s[:, :, None] - s[:, None, :]
+    ordered = dq.abs() > w.rank_margin
+    rank = torch.nn.functional.softplus(-torch.sign(dq) * ds)[ordered].mean() if ordered.any() else s.sum() * 0
+    kind = torch.nn.functional.cross_entropy(type_logits, types)
+    loss = w.local_weight * local + w.rank_weight * rank + w.type_weight * kind
+    return loss, {"local": local.item(), "rank": rank.item(), "type": kind.item()}
+
+
+def _vision_batch(batch: dict[str, np.ndarray], types: list[str], rng: np.random.Generator) -> tuple:
+    """Every image of every row, each row turned by one random multiple of 90 degrees and flip, with its
+    local-quality map turned alike, its image label and type index."""
+    images, qmaps = [], []
+    for row_images, row_maps, (h, w) in zip(batch["images"], batch["qmaps"], batch["grid_hw"]):
+        turns, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+        for data, qmap in zip(row_images, row_maps):
+            pair = [decode_png(data), np.frombuffer(qmap, np.float32).reshape(int(h), int(w))]
+            pair = [np.rot90(x, turns) for x in pair]
+            pair = [np.ascontiguousarray(x[:, ::-1] if flip else x) for x in pair]
+            images.append(pair[0])
+            qmaps.append(torch.from_numpy(pair[1].copy()).flatten())
+    q = torch.tensor(np.concatenate([np.asarray(r, dtype=np.float32) for r in batch["q"]]))
+    kinds = torch.tensor([(["none", *types]).index(t) for r in batch["types"] for t in r])
+    return images, qmaps, q, kinds
+
+
+def validate_vision(objective: VisionObjective, processor: Any, holdout: list[dict]) -> dict[str, float]:
+    """SRCC of the tower's image logit against SSIM and against the distortion level, on the held-out photos."""
+    with torch.no_grad():
+        scores = []
+        for i in range(0, len(holdout), 8):
+            inputs = processor(images=[r["image"] for r in holdout[i : i + 8]], return_tensors="pt")
+            scores += [image_logit(t).item() for t in objective(inputs["pixel_values"], inputs["image_grid_thw"])[0]]
+    return {"val/vision/srcc": srcc(np.array(scores), np.array([r["ssim"] for r in holdout])),
+            "val/vision/level_srcc": srcc(np.array(scores), -np.array([r["level"] for r in holdout]))}
 
 
 def validate(engine: Any, holdout: list[dict]) -> dict[str, float]:
@@ -113,6 +216,7 @@ def validate(engine: Any, holdout: list[dict]) -> dict[str, float]:
     }
     metrics = {f"val/{name}/srcc": srcc(s, label) for name, s in scores.items()}
     metrics["val/llm_iqa/plcc"] = plcc(scores["llm_iqa"], label)
+    metrics["val/llm_iqa/level_srcc"] = srcc(scores["llm_iqa"], -np.array([r["level"] for r in holdout]))
     for kind in sorted(set(kinds) - {"none"}):
         keep = (kinds == kind) | (kinds == "none")
         metrics[f"val/llm_iqa/{kind}/srcc"] = srcc(scores["llm_iqa"][keep], label[keep])
@@ -127,62 +231,99 @@ def save_checkpoint(model: Any, processor: Any, optimizer: Any, scheduler: Any, 
     save_train_state(folder, optimizer, scheduler, **progress)
 
 
+def _phase(cfg: TinyIQATrainConfig, epoch: int) -> str:
+    return "vision" if epoch < cfg.vision.epochs else "prompts"
+
+
+def _trainable(model: Any, phase: str) -> list[torch.nn.Parameter]:
+    """Vision phase: the tower; prompt phase: everything but the tower's patch embedding and blocks."""
+    visual = model.model.visual
+    frozen = set() if phase == "vision" else {id(p) for m in (visual.patch_embed, visual.blocks) for p in m.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    return [p for p in (visual.parameters() if phase == "vision" else model.parameters()) if p.requires_grad]
+
+
+def _schedule(optimizer: Any, warmup: int, total: int) -> Any:
+    """Linear warm-up, then cosine decay to 0 at step `total`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup))
+                                             * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+
 def train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: a question per row, soft-label CE on level tokens, a checkpoint per epoch."""
+    """One Ray Train worker, one phase: the epochs from the latest checkpoint's up to `until` (the end of its
+    phase), with that phase's parameters, optimiser and schedule (see the module docstring); a checkpoint per epoch."""
     cfg = TinyIQATrainConfig.model_validate(config["cfg"])
     torch.set_num_threads(cfg.threads_per_worker)
     rank = ray.train.get_context().get_world_rank()
     with resume_folder() as folder:
         engine = _engine(folder or config["initial"], cfg)
-        state = load_train_state(folder) if folder is not None else None
+        state = load_train_state(folder) if folder is not None else {"epoch": 0, "step": 0}
     model = engine.model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    objective = VisionObjective(model.model.visual, 1 + len(cfg.data.types))
+    if "heads" in state:
+        objective.load_state_dict(state["heads"], strict=False)
     per_epoch = math.ceil(cfg.data.rows / cfg.num_workers / cfg.batch_size)
-    total = cfg.epochs * min(per_epoch, cfg.max_steps_per_epoch or per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
-                                                  * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    start_epoch, step = 0, 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step = state["epoch"], state["step"]
-    resumed_from_step = step
-    ddp = ray.train.torch.prepare_model(model)
+    steps = min(per_epoch, cfg.max_steps_per_epoch or per_epoch)
     holdout = holdout_set(cfg.data.holdout_photos, cfg.data.types, cfg.data.holdout_levels,
                           cfg.data.holdout_long_side, cfg.seed) if rank == 0 and cfg.holdout_eval else []
+    step, resumed_from_step, phase = state["step"], state["step"], _phase(cfg, state["epoch"])
+    lr, epochs = (cfg.vision.lr, cfg.vision.epochs) if phase == "vision" else (cfg.lr, cfg.epochs)
+    heads = [*objective.token_head.parameters(), *objective.type_head.parameters()] if phase == "vision" else []
+    optimizer = torch.optim.AdamW(_trainable(model, phase) + heads, lr=lr, weight_decay=cfg.weight_decay)
+    scheduler = _schedule(optimizer, cfg.warmup_steps, epochs * steps)
+    if state.get("phase") == phase:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    ddp = ray.train.torch.prepare_model(objective if phase == "vision" else model)
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(state["epoch"], config["until"]):
         rng = np.random.default_rng([cfg.seed, rank, epoch])
-        losses = []
+        losses: list[float] = []
+        parts: list[dict] = []
         batches = shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
                                      local_shuffle_buffer_size=4 * cfg.batch_size, local_shuffle_seed=cfg.seed + epoch)
         for i, batch in enumerate(batches):
-            if cfg.max_steps_per_epoch is not None and i >= cfg.max_steps_per_epoch:
+            if i >= steps:
                 break
-            requests, targets = _questions(batch, cfg, rng)
-            inputs, texts = engine.encode(requests)
-            level_ids = [engine.level_ids(t, r.prompt.levels) for t, r in zip(texts, requests)]
-            loss = level_loss(ddp(**inputs, logits_to_keep=1).logits[:, -1, :], level_ids, targets)
+            if phase == "vision":
+                images, qmaps, q, kinds = _vision_batch(batch, cfg.data.types, rng)
+                inputs = engine.processor.image_processor(images=images, return_tensors="pt")
+                token_logits, type_logits = ddp(inputs["pixel_values"], inputs["image_grid_thw"])
+                loss, part = vision_loss(token_logits, type_logits, qmaps, q, kinds, 1 + cfg.data.versions, cfg.vision)
+                parts.append(part)
+            else:
+                requests, targets = _questions(batch, cfg, rng)
+                inputs, texts = engine.encode(requests)
+                level_ids = [engine.level_ids(t, r.prompt.levels) for t, r in zip(texts, requests)]
+                loss = level_loss(ddp(**inputs, logits_to_keep=1).logits[:, -1, :], level_ids, targets)
             optimizer.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_norm)
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
             step += 1
             if rank == 0 and step % 50 == 0:
-                log.info("epoch %d step %d loss %.4f (last 50: %.4f)", epoch + 1, step, losses[-1], np.mean(losses[-50:]))
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "step": step, "resumed_from_step": resumed_from_step,
+                log.info("%s epoch %d step %d loss %.4f (last 50: %.4f)", phase, epoch + 1, step, losses[-1],
+                         np.mean(losses[-50:]))
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "step": step, "phase": phase, "resumed_from_step": resumed_from_step,
                                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
                                    "lr": scheduler.get_last_lr()[0]}
+        metrics |= {f"train/{k}": float(np.mean([p[k] for p in parts])) for k in (parts[0] if parts else {})}
         if holdout:
             model.eval()
-            metrics |= validate(engine, holdout)
+            metrics |= (validate_vision(objective, engine.processor.image_processor, holdout) if phase == "vision"
+                        else validate(engine, holdout))
             model.train()
-        report(metrics, partial(save_checkpoint, model, engine.processor, optimizer, scheduler, {"epoch": epoch + 1, "step": step}))
+        progress = {"epoch": epoch + 1, "step": step, "phase": phase,
+                    "heads": {k: v for k, v in objective.state_dict().items() if not k.startswith("visual.")}}
+        report(metrics, partial(save_checkpoint, model, engine.processor, optimizer, scheduler, progress))
 
 
 def train_tiny_iqa(cfg: TinyIQATrainConfig) -> ray.train.Result:
-    """Make the rows (Ray Data tasks, kept in the object store across epochs), run the TorchTrainer."""
+    """Make the rows (Ray Data tasks, kept in the object store across epochs), then run the TorchTrainer once
+    per phase; each run starts from the run's latest checkpoint, so a phase already done is skipped."""
     ensure_ray(cfg.ray)
     run_dir = Path(cfg.storage_path).resolve() / cfg.name
     initial = run_dir / "initial-model"  # written on the driver: transformers saves only on rank 0 under DDP
@@ -192,8 +333,12 @@ def train_tiny_iqa(cfg: TinyIQATrainConfig) -> ray.train.Result:
         make_rows, fn_kwargs={"cfg": cfg.model_dump()}, batch_size=32, num_cpus=cfg.loader_cpus,
     ).materialize()
     run = run_config(cfg.name, str(run_dir.parent), cfg.max_failures, cfg.keep_checkpoints)
-    return fit(train_loop, {"cfg": cfg.model_dump(), "initial": str(initial)}, run,
-               num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker, datasets={"train": rows})
+    for until in sorted({cfg.vision.epochs, cfg.vision.epochs + cfg.epochs} - {0}):  # one TorchTrainer run per phase
+        result = fit(train_loop, {"cfg": cfg.model_dump(), "initial": str(initial), "until": until}, run,
+                     num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker, datasets={"train": rows})
+        if result.error is not None:
+            break
+    return result
 
 
 def export(checkpoint: ray.train.Checkpoint, export_dir: str | Path) -> Path:
