@@ -20,6 +20,7 @@ from PIL import Image
 
 from rayiqa.config import LLMIQAConfig, MLLMConfig, load_config
 from rayiqa.config.serve import ServeConfig
+from rayiqa.io.samples import samples_dir
 
 KEY_ENV = "RAYIQA_TEST_API_KEY"
 KEY = "s3cret-test-key"
@@ -217,7 +218,7 @@ def direct_global_score(image_bytes: bytes) -> float:
 
     method = LLMIQAConfig(segmentation=False)
     prompt = llm_iqa.standard_prompt(method.levels, method.standard)
-    engine = create_engine(MLLMConfig())
+    engine = create_engine(MLLMConfig(preset="tiny-iqa"))
     image = decode_image(image_bytes, 10**7).image
     probs = engine.level_probs([LevelRequest(prompt, [image])])
     return float(llm_iqa.level_score(probs, prompt.level_values())[0])
@@ -249,7 +250,7 @@ def test_llm_iqa_json_multipart_and_direct_agree(client):
     results = r.json()["results"]
     assert len(results) == 3
     ev = results[0]["evidence"]
-    assert ev["model_ids"] == ["tiny"] and ev["weights"] == ["random-init"]
+    assert ev["model_ids"] == ["tiny-iqa"] and ev["weights"] == ["rayiqa-trained (synthetic)"]  # configs/serve.yaml's default
     assert (ev["width"], ev["height"]) == (48, 40)
     assert len(ev["global_probs"][0]) == 7 and sum(ev["global_probs"][0]) == pytest.approx(1.0)
     # the score is the expected level of the returned probabilities, and images keep their order
@@ -260,6 +261,18 @@ def test_llm_iqa_json_multipart_and_direct_agree(client):
     assert multipart.status_code == 200, multipart.text
     assert multipart.json()["results"][0]["score"] == pytest.approx(results[0]["score"], abs=1e-6)
     assert results[0]["score"] == pytest.approx(direct_global_score(a), abs=1e-4)
+
+
+def test_the_shipped_model_scores_each_pristine_sample_above_its_distorted_copies(client):
+    """configs/serve.yaml's default MLLM (tiny-iqa) at /v1/score, on photographs it never saw in training."""
+    folder = samples_dir()
+    for photo in ("astronaut", "coffee"):
+        names = [f"{photo}.png", f"{photo}_gaussian_blur_2.jpg", f"{photo}_gaussian_noise_2.jpg", f"{photo}_jpeg_2.jpg"]
+        images = [b64((folder / n).read_bytes()) for n in names]
+        r = client.post("/v1/score", json={"model": "llm-iqa", "images": images})
+        assert r.status_code == 200, r.text
+        pristine, *distorted = [x["score"] for x in r.json()["results"]]
+        assert all(pristine > d for d in distorted), (photo, pristine, distorted)
 
 
 def test_grmp_plugs_in_by_name(client):

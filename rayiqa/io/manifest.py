@@ -75,14 +75,14 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def write_manifest(fs: pafs.FileSystem, root: str, cfg, provenance: dict, summary: RunSummary) -> str:
-    """Write `_manifest.json` (config, models and weight sources, versions, counts) into the output."""
-    weights = {p.get("weights") for p in [*provenance.get("mllms", []), provenance.get("segmenter", {})]}
+def write_manifest(fs: pafs.FileSystem, root: str, cfg, provenance: dict, weights: str, summary: RunSummary) -> str:
+    """Write `_manifest.json` (config, models and weight sources, versions, counts) into the output; `weights`
+    says what the scoring models are: random-init | rayiqa-trained (synthetic) | pretrained | trained checkpoint."""
     doc = {
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": cfg.model_dump(mode="json"),
         "models": provenance,
-        "weights": "random-init" if "random-init" in weights else "pretrained",
+        "weights": weights,
         "versions": _versions(),
         "summary": asdict(summary) | {"images_per_second": summary.images_per_second},
     }

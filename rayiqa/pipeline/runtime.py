@@ -66,10 +66,22 @@ def model_provenance(cfg: ScoreConfig) -> dict:
             "weights": "pretrained" if spec.checkpoint else "random-init",
             "image_size": spec.image_size,
         }
-    random = [p["model_id"] for p in [*mllms, out.get("segmenter", {"weights": ""})] if p.get("weights") == "random-init"]
-    if random:
-        log.warning(
-            "models with RANDOM weights (tiny presets): %s — scores are not image quality, only a "
-            "check that the pipeline runs", ", ".join(map(str, random)),
-        )
+    warn_weights(mllms, out.get("segmenter"))
     return out
+
+
+def warn_weights(mllms: list[dict], segmenter: dict | None) -> None:
+    """Say what a run's scores can mean when its models are not released checkpoints."""
+    from rayiqa.models.mllm.presets import RANDOM_INIT, RAYIQA_TRAINED
+
+    random = [m["model_id"] for m in mllms if m["weights"] == RANDOM_INIT]
+    if random:
+        log.warning("MLLMs with RANDOM weights (tiny presets): %s — scores are not image quality, only a "
+                    "check that the pipeline runs", ", ".join(map(str, random)))
+    trained = [m["model_id"] for m in mllms if m["weights"] == RAYIQA_TRAINED]
+    if trained:
+        log.warning("MLLM %s: a ~1 M-parameter Qwen2.5-VL trained by rayiqa on synthetic distortions (blur, noise, "
+                    "JPEG, contrast, ...) of packaged photographs — it ranks those distortions, not aesthetics or "
+                    "AI-generation artefacts; name a released model in `mllms` for real scores", ", ".join(trained))
+    if segmenter and segmenter["weights"] == RANDOM_INIT:
+        log.warning("SAM2 %s has RANDOM weights: its crops are arbitrary regions, not objects", segmenter["model_id"])

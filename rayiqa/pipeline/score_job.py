@@ -259,18 +259,22 @@ def run_score(cfg: ScoreConfig) -> RunSummary:
 def _run_score(cfg: ScoreConfig, layout: Layout, n_inputs: int) -> RunSummary:
     started = time.time()
     if cfg.scorer == LLM_IQA:
+        from rayiqa.models.mllm.presets import weights_summary
+
         provenance = model_provenance(cfg)
         model_ids = [m["model_id"] for m in provenance["mllms"]]
+        weights = weights_summary({m["weights"] for m in provenance["mllms"]})
     else:
         model_ids = [cfg.scorer_config.model_id]
-        provenance = {"scorer": {"model_id": model_ids[0], "weights": "trained checkpoint"}}
+        weights = "trained checkpoint"
+        provenance = {"scorer": {"model_id": model_ids[0], "weights": weights}}
     before = _parts(layout)
     ds = build_pipeline(cfg, layout, model_ids)
     ds.write_parquet(layout.root, filesystem=layout.fs)
     elapsed = time.time() - started
     summary = summarise_output(layout.fs, layout.root)
     summary = summary.with_run(inputs=n_inputs, new_rows=_rows_in(layout, _parts(layout) - before), seconds=elapsed, uri=cfg.output.uri)
-    write_manifest(layout.fs, layout.root, cfg, provenance, summary)
+    write_manifest(layout.fs, layout.root, cfg, provenance, weights, summary)
     return summary
 
 

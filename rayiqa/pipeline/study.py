@@ -394,6 +394,8 @@ class StudySummary:
         lines.append(f"{self.requests} requests, {self.failed} failed, {self.seconds:.1f} s; output: {self.uri}")
         if "random-init" in self.weights:
             lines.append("WARNING: weights: random-init (tiny presets) -- these SRCCs say nothing about quality")
+        if "rayiqa-trained (synthetic)" in self.weights:
+            lines.append("note: weights: rayiqa-trained (synthetic) -- tiny-iqa knows synthetic distortions only")
         return "\n".join(lines)
 
 

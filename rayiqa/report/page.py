@@ -84,6 +84,10 @@ def _run_section(output_uri: str, manifest: dict | None, data: RunData) -> str:
     if manifest.get("weights") == "random-init":
         warn = ('<p class="warn">This run used models with <b>random weights</b> (tiny presets): its scores are not image '
                 'quality, only a check that the pipeline runs.</p>')
+    elif manifest.get("weights") == "rayiqa-trained (synthetic)":
+        warn = ('<p class="warn">This run used <b>tiny-iqa</b>, a ~1 M-parameter MLLM rayiqa trained on synthetic '
+                'distortions (blur, noise, JPEG, contrast) of packaged photographs: its scores rank those distortions, '
+                'not aesthetics or AI-generation artefacts.</p>')
     return (f'<section id="run"><h2>Run</h2>{warn}{_table([], rows, "run-table")}<h3>Models</h3>'
             f'{_table(["role", "model", "weights", "source", "settings"], models, "models")}</section>')
 
