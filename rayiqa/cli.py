@@ -38,7 +38,8 @@ def _eval_scores(args: argparse.Namespace) -> int:
     from rayiqa.evaluate import evaluate_files
 
     try:
-        agreement = evaluate_files(args.predictions, args.mos, args.mos_column, args.key, args.score_column)
+        agreement = evaluate_files(args.predictions, args.mos, args.mos_column, args.key, args.score_column,
+                                   args.lower_is_better, args.by)
     except (ValueError, FileNotFoundError) as e:  # a missing file or column, nothing to join
         if args.debug:
             raise
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mos-column", default="mos")
     e.add_argument("--score-column", default="score")
     e.add_argument("--key", default="name", choices=["name", "path"], help="join on file name or full path")
+    e.add_argument("--lower-is-better", action="store_true", help="the MOS column is a DMOS or a distortion level")
+    e.add_argument("--by", help="also report each value of this MOS-table column (e.g. source, distortion) alone")
     e.set_defaults(func=_eval_scores)
     r = sub.add_parser("report", help="a static HTML report of a score run: scores, errors, the best and worst images' evidence")
     r.add_argument("output", help="the score run's output.uri (local or s3://)")

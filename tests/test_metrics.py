@@ -124,3 +124,28 @@ def test_constant_prediction_reports_fit_error_instead_of_crashing():
         res = evaluate([2.0, 2.0, 2.0, 2.0], [1.0, 2.0, 3.0, 4.0])
     assert np.isnan(res["plcc_logistic"]) and np.isnan(res["rmse"])
     assert "more than one distinct value" in res["fit_error"]
+
+
+def test_eval_files_negates_a_lower_is_better_column_and_reports_each_group(tmp_path):
+    """Known answers: within each photo the score falls as the level rises (SRCC +1 after negation), but
+    photo b sits higher overall, so the pooled SRCC is below 1."""
+    import pandas as pd
+
+    from rayiqa.evaluate import evaluate_files
+
+    pred = pd.DataFrame({"path": [f"s3://bucket/{p}{lv}.png" for p in "ab" for lv in range(3)],
+                         "score": [3.0, 2.0, 1.0, 6.0, 5.0, 4.0]})
+    pred.to_parquet(tmp_path / "pred.parquet")
+    pd.DataFrame({"path": [f"{p}{lv}.png" for p in "ab" for lv in range(3)], "source": list("aaabbb"),
+                  "level": [0, 1, 2] * 2}).to_csv(tmp_path / "labels.csv", index=False)
+    report = evaluate_files(str(tmp_path / "pred.parquet"), str(tmp_path / "labels.csv"), "level",
+                            lower_is_better=True, by="source")
+    assert report.metrics["srcc"] == pytest.approx(srcc(report.pred, report.mos))
+    assert report.metrics["srcc"] == pytest.approx(srcc(np.array([3, 2, 1, 6, 5, 4.0]), -np.array([0, 1, 2, 0, 1, 2.0])))
+    assert 0 < report.metrics["srcc"] < 1
+    assert {k: (g["n"], g["srcc"]) for k, g in report.groups.items()} == {"a": (3, pytest.approx(1.0)), "b": (3, pytest.approx(1.0))}
+    assert "by source:" in report.render() and "mean over groups" in report.render()
+    plain = evaluate_files(str(tmp_path / "pred.parquet"), str(tmp_path / "labels.csv"), "level")
+    assert plain.metrics["srcc"] == pytest.approx(-report.metrics["srcc"]) and plain.groups == {}
+    with pytest.raises(ValueError, match="no column 'photo'"):
+        evaluate_files(str(tmp_path / "pred.parquet"), str(tmp_path / "labels.csv"), "level", by="photo")
