@@ -27,6 +27,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/rayiqa score configs/score.yaml
+	$(VENV)/bin/rayiqa eval scores out/scores rayiqa/assets/samples/labels.csv --mos-column level --lower-is-better --by source
 	$(VENV)/bin/rayiqa report out/scores --mos rayiqa/assets/samples/labels.csv --mos-column ssim
 
 test: $(STAMP) $(VLLM_STAMP)

@@ -259,7 +259,8 @@ def test_llm_iqa_json_multipart_and_direct_agree(client):
     assert ev["crop_boxes"] == [] and ev["local_score"] is None  # segmentation off
     multipart = client.post("/v1/score", data={"model": "llm-iqa"}, files=[("image", ("a.png", a, "image/png"))])
     assert multipart.status_code == 200, multipart.text
-    assert multipart.json()["results"][0]["score"] == pytest.approx(results[0]["score"], abs=1e-6)
+    # alone, not padded beside a larger image: float32 sums in another order (measured 1.7e-6 apart)
+    assert multipart.json()["results"][0]["score"] == pytest.approx(results[0]["score"], abs=1e-5)
     assert results[0]["score"] == pytest.approx(direct_global_score(a), abs=1e-4)
 
 
