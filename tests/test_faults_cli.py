@@ -79,8 +79,10 @@ def _committed(out: Path) -> int:
 @pytest.mark.timeout(400)
 def test_ctrl_c_on_score_says_what_is_written_and_how_to_resume(tmp_path):
     out = tmp_path / "out"
-    argv = [RAYIQA, "score", "input.uri=builtin:samples", f"output.uri={out}", "input.limit=16", "method.segmentation=false",
-            "mllms=[{preset: tiny, max_pixels: 12544}]", "decode.batch_size=2", "decode.num_cpus=1", "score.batch_size=2"]
+    # all 36 samples at the tiny model's full image size: after the first committed part, many seconds of work
+    # remain for the interrupt to land in (at 16 small images a quiet machine finished the run first)
+    argv = [RAYIQA, "score", "input.uri=builtin:samples", f"output.uri={out}", "method.segmentation=false",
+            "mllms=[{preset: tiny}]", "decode.batch_size=2", "decode.num_cpus=1", "score.batch_size=2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -99,4 +101,4 @@ def test_ctrl_c_on_score_says_what_is_written_and_how_to_resume(tmp_path):
     assert last.startswith("interrupted: ") and "rows are committed to" in last and "run the same command again" in last, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     committed = int(last.split("interrupted: ", 1)[1].split(" ", 1)[0])
-    assert 0 < committed < 16 and committed == _committed(out)
+    assert 0 < committed < 36 and committed == _committed(out)

@@ -297,6 +297,9 @@ def main_score(config_path: str | None, overrides: list[str]) -> int:
     try:
         summary = run_score(cfg)
     except KeyboardInterrupt:
+        import ray
+
+        ray.shutdown()  # ends the write tasks still in flight (all of a local Ray), so the count below is final
         print(_interrupted(cfg), file=sys.stderr)
         return 130
     print(summary.render())
