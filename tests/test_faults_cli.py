@@ -3,6 +3,7 @@ traceback unless --debug; Ctrl-C on `rayiqa score` ends in one line saying what 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayiqa import cli
+from rayiqa.io.samples import samples_dir
 from rayiqa.pipeline import score_job
 
 RAYIQA = str(Path(sys.executable).with_name("rayiqa"))
@@ -78,10 +80,14 @@ def _committed(out: Path) -> int:
 
 @pytest.mark.timeout(400)
 def test_ctrl_c_on_score_says_what_is_written_and_how_to_resume(tmp_path):
-    out = tmp_path / "out"
-    # all 36 samples at the tiny model's full image size: after the first committed part, many seconds of work
-    # remain for the interrupt to land in (at 16 small images a quiet machine finished the run first)
-    argv = [RAYIQA, "score", "input.uri=builtin:samples", f"output.uri={out}", "method.segmentation=false",
+    # eight copies of the 36 samples at the tiny model's full image size: after the first committed part, about 10 s
+    # of work remain for the interrupt to land in (16 small images, or the 36 once, finished first on a quiet machine)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for image in sorted(p for p in samples_dir().iterdir() if p.suffix in (".png", ".jpg")):
+        for copy in range(8):
+            shutil.copy(image, src / f"{copy}_{image.name}")
+    argv = [RAYIQA, "score", f"input.uri={src}", f"output.uri={out}", "method.segmentation=false",
             "mllms=[{preset: tiny}]", "decode.batch_size=2", "decode.num_cpus=1", "score.batch_size=2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -101,4 +107,4 @@ def test_ctrl_c_on_score_says_what_is_written_and_how_to_resume(tmp_path):
     assert last.startswith("interrupted: ") and "rows are committed to" in last and "run the same command again" in last, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     committed = int(last.split("interrupted: ", 1)[1].split(" ", 1)[0])
-    assert 0 < committed < 36 and committed == _committed(out)
+    assert 0 < committed < 288 and committed == _committed(out)
