@@ -90,7 +90,10 @@ def test_ctrl_c_on_score_says_what_is_written_and_how_to_resume(tmp_path):
     argv = [RAYIQA, "score", f"input.uri={src}", f"output.uri={out}", "method.segmentation=false",
             "mllms=[{preset: tiny}]", "decode.batch_size=2", "decode.num_cpus=1", "score.batch_size=2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as in a terminal: the child gets SIGINT's default action even when this pytest process ignores SIGINT
+    # (a SIG_IGN is inherited across exec, and an earlier test in the session can leave one behind)
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and not _committed(out) and time.monotonic() < deadline:
