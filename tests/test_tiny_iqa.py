@@ -11,7 +11,7 @@ from rayiqa.config import load_config
 from skimage import img_as_float
 
 from rayiqa.data.fr_metrics import gmsd, gmsd_cells
-from rayiqa.data.photos import SAMPLE_SOURCES, decode_png, load_photo, make_example
+from rayiqa.data.photos import SAMPLE_SOURCES, decode_png, defocus_background, load_photo, make_example
 from rayiqa.data.rows import DatasetError
 from rayiqa.methods import level_targets, llm_tta, study_prompts
 from rayiqa.methods.llm_iqa import standard_prompt
@@ -56,12 +56,22 @@ def test_questions_are_the_prompts_the_jobs_send():
         assert q.target.argmax() == (0 if q.images[-2] == 0 else 1)
 
 
+def test_defocused_background_keeps_a_sharp_region_and_blurs_a_corner():
+    texture = np.random.default_rng(0).integers(0, 256, (112, 140, 3), dtype=np.uint8)
+    for seed in range(6):
+        out = defocus_background(texture, np.random.default_rng(seed))
+        assert out.shape == texture.shape and out.dtype == np.uint8
+        cells = np.abs(out.astype(float) - texture).reshape(14, 8, 14, 10, 3).mean(axis=(1, 3, 4))
+        assert cells.min() < 3  # the ellipse's centre stays sharp
+        assert max(cells[0, 0], cells[0, -1], cells[-1, 0], cells[-1, -1]) > 30  # the corner farthest from it: blurred
+
+
 def test_bundled_samples_are_refused_and_rows_are_seeded():
     for name in SAMPLE_SOURCES:
         with pytest.raises(DatasetError, match="bundled sample"):
             load_photo(name)
     kwargs = dict(sources=["clock", "grass"], types=["jpeg", "gaussian_blur"], side_range=(60, 120), dead_leaves_share=0.5,
-                  versions=2, gmsd_ceiling=0.3, grid=28)
+                  defocus_share=0.5, versions=2, gmsd_ceiling=0.3, grid=28)
     a, b = make_example(**kwargs, seed=[0, 5]), make_example(**kwargs, seed=[0, 5])
     assert a == b and a != make_example(**kwargs, seed=[0, 6])
     rows = [make_example(**kwargs, seed=[1, i]) for i in range(12)]

@@ -41,6 +41,7 @@ class TinyDataConfig(Section):
     rows: int = Field(default=4000, gt=0)  # rows per run; each holds a pristine image and `versions` copies of it
     versions: int = Field(default=3, ge=1)  # distorted copies per row
     dead_leaves: float = Field(default=0.5, ge=0, le=1)  # share of rows whose pristine image is a dead-leaves image
+    defocus: float = Field(default=0.3, ge=0, le=1)  # share of pristine images given a defocused background
     side_range: tuple[int, int] = (112, 252)  # long side of a crop, px (sides are then cut to multiples of 28)
     gmsd_ceiling: float = Field(default=0.3, gt=0)  # q = 1 - GMSD / ceiling, clipped to [0, 1] (per image and per token)
     tie_margin: float = Field(default=0.08, gt=0)  # double stimulus: |q_a - q_b| below this leans to "comparable"
@@ -62,6 +63,7 @@ class VisionPhaseConfig(Section):
     lr: float = Field(default=1e-3, gt=0)  # AdamW peak learning rate
     local_weight: float = Field(default=2.0, ge=0)  # MSE of each token's predicted local quality (its cell's GMSD label)
     rank_weight: float = Field(default=1.0, ge=0)  # pairwise logistic loss ranking a row's images by their label
+    batch_rank_weight: float = Field(default=1.0, ge=0)  # the same loss over all the batch's images (across content)
     type_weight: float = Field(default=0.5, ge=0)  # cross-entropy naming the distortion type (or none)
     rank_margin: float = Field(default=0.03, ge=0)  # label gap below which a pair is not ranked
 

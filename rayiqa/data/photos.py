@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
-from skimage import img_as_float
+from skimage import filters, img_as_float
 
 from rayiqa.data.distortions import distortion
 from rayiqa.data.dead_leaves import dead_leaves
@@ -117,6 +117,20 @@ def random_crop(photo: np.ndarray, side_range: tuple[int, int], rng: np.random.G
     return np.ascontiguousarray(out[..., rng.permutation(3)])
 
 
+def defocus_background(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`image` with everything outside a random ellipse Gaussian-blurred (sigma 1.5-5 px) behind a soft
+    edge: a shallow depth of field. A pristine image with a defocused background teaches that a soft
+    region is not a blurred image as long as some of it is sharp."""
+    h, w = image.shape[:2]
+    cy, cx = rng.uniform(0.25, 0.75) * h, rng.uniform(0.25, 0.75) * w
+    ry, rx = rng.uniform(0.25, 0.55) * h, rng.uniform(0.25, 0.55) * w
+    yy, xx = np.mgrid[:h, :w]
+    sharp = filters.gaussian((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1).astype(float), rng.uniform(1, 3))
+    soft = filters.gaussian(img_as_float(image), rng.uniform(1.5, 5), channel_axis=-1)
+    out = sharp[..., None] * img_as_float(image) + (1 - sharp[..., None]) * soft
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+
 def distort_at(image: np.ndarray, name: str, strength: float, rng: np.random.Generator) -> np.ndarray:
     """Distortion `name` at `strength` in [0, 1] of its range (0: mildest, 1: strongest)."""
     d = distortion(name)
@@ -132,13 +146,14 @@ def quality(gmsd_value: np.ndarray | float, ceiling: float) -> np.ndarray | floa
 
 def make_example(
     sources: Sequence[str], types: Sequence[str], side_range: tuple[int, int], dead_leaves_share: float,
-    versions: int, gmsd_ceiling: float, grid: int, seed: Sequence[int],
+    defocus_share: float, versions: int, gmsd_ceiling: float, grid: int, seed: Sequence[int],
 ) -> dict:
     """One training row: a pristine image and `versions` distorted copies of it, with labels.
 
     The pristine image is a random crop of a photograph or, with probability `dead_leaves_share`, a
-    dead-leaves image; its sides are multiples of `grid` (a vision tower's merged-token size), so the
-    processor leaves it unscaled and the local quality maps line up with its tokens. Each copy has
+    dead-leaves image, and with probability `defocus_share` its background is defocused; its sides are
+    multiples of `grid` (a vision tower's merged-token size), so the processor leaves it unscaled and
+    the local quality maps line up with its tokens. Each copy has
     a random type and strength, the image-level label q (GMSD, see `quality`) and a per-cell map of
     the same mapping of each cell's own GMSD. Image 0 is the pristine one (q = 1, type "none"). Seeded by
     `seed` alone, so a row is the same wherever and whenever it is made.
@@ -154,6 +169,8 @@ def make_example(
         content = random_crop(load_photos(tuple(sources), PHOTO_LONG_SIDE)[source], side_range, rng)
     h, w = (max(2 * grid, n // grid * grid) for n in content.shape[:2])
     pristine = np.ascontiguousarray(resize_to(content, h, w))
+    if rng.random() < defocus_share:
+        pristine = defocus_background(pristine, rng)
     row: dict = {"source": source, "images": [png_bytes(pristine)], "q": [1.0], "types": ["none"],
                  "qmaps": [np.ones((h // grid, w // grid), np.float32).tobytes()], "grid_hw": [h // grid, w // grid]}
     for _ in range(versions):

@@ -105,7 +105,7 @@ def make_rows(batch: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, li
     """Ray Data task: the training rows whose ids are in this batch (each seeded by (seed, id))."""
     c = TinyIQATrainConfig.model_validate(cfg)
     d = c.data
-    rows = [make_example(d.train_photos, d.types, d.side_range, d.dead_leaves, d.versions, d.gmsd_ceiling, GRID,
+    rows = [make_example(d.train_photos, d.types, d.side_range, d.dead_leaves, d.defocus, d.versions, d.gmsd_ceiling, GRID,
                          [c.seed, int(i)]) for i in batch["id"]]
     return {key: [r[key] for r in rows] for key in rows[0]}
 
@@ -162,15 +162,23 @@ def image_logit(token_logits: torch.Tensor) -> torch.Tensor:
 
 def vision_loss(token_logits: list[torch.Tensor], type_logits: torch.Tensor, qmaps: list[torch.Tensor],
                 q: torch.Tensor, types: torch.Tensor, group: int, w: VisionPhaseConfig) -> tuple[torch.Tensor, dict]:
-    """Local-quality MSE per token + pairwise logistic ranking of each row's images + type cross-entropy."""
+    """Local-quality MSE per token + pairwise logistic ranking of each row's images (same content) and of all
+    the batch's images (across content: one scale for every photograph) + type cross-entropy."""
     local = torch.stack([((torch.sigmoid(t) - m) ** 2).mean() for t, m in zip(token_logits, qmaps)]).mean()
-    s = torch.stack([image_logit(t) for t in token_logits]).view(-1, group)
-    dq, ds = q.view(-1, group)[:, :, None] - q.view(-1, group)[:, None, :], s[:, :, None] - s[:, None, :]
-    ordered = dq.abs() > w.rank_margin
-    rank = torch.nn.functional.softplus(-torch.sign(dq) * ds)[ordered].mean() if ordered.any() else s.sum() * 0
+    s = torch.stack([image_logit(t) for t in token_logits])
+    rank = pairwise_rank(s.view(-1, group), q.view(-1, group), w.rank_margin)
+    batch_rank = pairwise_rank(s.view(1, -1), q.view(1, -1), w.rank_margin)
     kind = torch.nn.functional.cross_entropy(type_logits, types)
-    loss = w.local_weight * local + w.rank_weight * rank + w.type_weight * kind
-    return loss, {"local": local.item(), "rank": rank.item(), "type": kind.item()}
+    loss = w.local_weight * local + w.rank_weight * rank + w.batch_rank_weight * batch_rank + w.type_weight * kind
+    return loss, {"local": local.item(), "rank": rank.item(), "batch_rank": batch_rank.item(), "type": kind.item()}
+
+
+def pairwise_rank(s: torch.Tensor, q: torch.Tensor, margin: float) -> torch.Tensor:
+    """Pairwise logistic ranking loss within each row of (groups, n) scores `s` by their labels `q`;
+    pairs whose labels differ by `margin` or less are not ranked."""
+    dq, ds = q[:, :, None] - q[:, None, :], s[:, :, None] - s[:, None, :]
+    ordered = dq.abs() > margin
+    return torch.nn.functional.softplus(-torch.sign(dq) * ds)[ordered].mean() if ordered.any() else s.sum() * 0
 
 
 def _vision_batch(batch: dict[str, np.ndarray], types: list[str], rng: np.random.Generator) -> tuple:
