@@ -487,13 +487,17 @@ def test_concurrent_load_has_no_5xx_and_scales_up(endpoint):
                     await asyncio.sleep(0.5)
 
             watcher = asyncio.create_task(watch())
-            try:
-                return await asyncio.gather(*(one(i) for i in range(200)))
+            codes: list[int] = []
+            deadline = time.monotonic() + 90  # waves of 100 until a second replica runs: one wave can end
+            try:                              # before the autoscaler's metrics have seen it
+                while not codes or (max(seen_replicas) < 2 and time.monotonic() < deadline):
+                    codes += await asyncio.gather(*(one(i) for i in range(100)))
+                return codes
             finally:
                 watcher.cancel()
 
     codes = asyncio.run(load())
-    assert len(codes) == 200 and set(codes) == {200}
+    assert len(codes) >= 100 and set(codes) == {200}
     deadline = time.monotonic() + 90  # a replica that started under load may still be loading its model
     while max(seen_replicas) < 2 and time.monotonic() < deadline:
         seen_replicas.append(running_replicas(cfg.app_name, LLM_DEPLOYMENT))
@@ -515,22 +519,26 @@ def test_prometheus_metrics_count_requests_and_errors_per_model(endpoint):
     for i in range(3):  # unknown paths collapse into one series
         assert httpx.get(f"{base}/no/such/path-{i}", timeout=60).status_code == 404
     port = ray._private.worker.global_worker.node.metrics_export_port
-    deadline, text = time.monotonic() + 120, ""
-    while time.monotonic() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-        if 'code="404"' in text and "rayiqa_request_latency_ms" in text:
+
+    def ours(lines: list[str]) -> list[str]:
+        return [ln for ln in lines if ln.startswith("ray_rayiqa_requests")]
+
+    checks = {  # each series is exported on its own schedule: poll until all are there
+        "llm-iqa 2xx >= 3": lambda lines: sum(float(ln.rsplit(" ", 1)[1]) for ln in ours(lines)
+                                              if 'model="llm-iqa"' in ln and 'status="2xx"' in ln) >= 3,
+        "unknown model 404": lambda lines: any(ln.startswith("ray_rayiqa_errors") and 'model="unknown"' in ln
+                                               and 'code="404"' in ln for ln in lines),
+        "latency histogram": lambda lines: any(ln.startswith("ray_rayiqa_request_latency_ms_bucket")
+                                               and 'model="llm-iqa"' in ln for ln in lines),
+        "route template label": lambda lines: any('endpoint="/v1/score"' in ln for ln in ours(lines)),
+        "unmatched label": lambda lines: any('endpoint="unmatched"' in ln for ln in ours(lines)),
+    }
+    deadline = time.monotonic() + 120
+    while True:
+        lines = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text.splitlines()
+        missing = [name for name, check in checks.items() if not check(lines)]
+        if not missing or time.monotonic() > deadline:
             break
         time.sleep(2)
-    lines = text.splitlines()
-    ok = [ln for ln in lines if ln.startswith("ray_rayiqa_requests") and 'model="llm-iqa"' in ln and 'status="2xx"' in ln]
-    assert ok and sum(float(ln.rsplit(" ", 1)[1]) for ln in ok) >= 3
-    assert any(ln.startswith("ray_rayiqa_errors") and 'model="unknown"' in ln and 'code="404"' in ln for ln in lines)
-    assert any(ln.startswith("ray_rayiqa_request_latency_ms_bucket") and 'model="llm-iqa"' in ln for ln in lines)
-    ours = [ln for ln in lines if ln.startswith("ray_rayiqa_requests")]
-    assert any('endpoint="/v1/score"' in ln for ln in ours)  # the route template is the label
-    deadline = time.monotonic() + 60
-    while not any('endpoint="unmatched"' in ln for ln in ours) and time.monotonic() < deadline:
-        time.sleep(2)
-        ours = [ln for ln in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text.splitlines()
-                if ln.startswith("ray_rayiqa_requests")]
-    assert any('endpoint="unmatched"' in ln for ln in ours) and not any("path-" in ln for ln in ours)
+    assert not missing, missing
+    assert not any("path-" in ln for ln in ours(lines))  # unknown paths collapse into one series
