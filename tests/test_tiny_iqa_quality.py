@@ -15,12 +15,13 @@ from rayiqa.methods.metrics import srcc
 LABELS = samples_dir() / "labels.csv"
 SEGMENTER = ["segmenter.points_per_side=4", "segmenter.pred_iou_thresh=0", "segmenter.stability_score_thresh=0",
              "method.area_threshold=0.05"]  # few, large crops: the mix-grained path at test speed
-# Measured with the shipped weights (one training seed, 0): pooled SRCC 0.511 whole image and 0.518
-# mix-grained; 29 of 32 distorted copies below their pristine photo (per photo 8, 7, 8, 6 of 8).
-POOLED_MIN = 0.4
-PRISTINE_ABOVE = 0.7  # share of a photo's 8 distorted copies that score below it
-STUDY_SINGLE_MIN = 0.3  # measured 0.467 (SRCC against the samples' SSIM)
-TTA_RANKER_MIN = 0.4  # measured 0.559 (llm-iqa) and 0.633 (prompt2); the shifted source model: -0.092
+# Measured with the shipped weights (training seed 0): pooled SRCC 0.581, whole image and mix-grained alike;
+# 30 of 32 distorted copies below their pristine photo (per photo 8, 7, 8, 7 of 8). The same config trained
+# with seed 1: 0.558 whole image, 31 of 32 (8, 8, 8, 7).
+POOLED_MIN = 0.5
+PRISTINE_ABOVE = 0.85  # share of a photo's 8 distorted copies that score below it
+STUDY_SINGLE_MIN = 0.45  # measured 0.601 (SRCC against the samples' SSIM)
+TTA_RANKER_MIN = 0.4  # measured 0.601 (llm-iqa) and 0.596 (prompt2); the shifted source model: -0.092
 
 
 def _scored(out) -> pd.DataFrame:
@@ -68,7 +69,7 @@ def test_random_weights_have_no_opinion_on_the_same_images(ray_local, tmp_path):
 @pytest.mark.timeout(600)
 def test_study_single_stimulus_system_agrees_with_the_samples_labels(ray_local, tmp_path):
     """configs/study.yaml's default MLLM, single-stimulus standard prompt, NR. (Its double-stimulus answers,
-    Thurstone-aggregated, do not: SRCC -0.12 measured; the model was trained on them but did not learn them.)"""
+    Thurstone-aggregated, barely do: SRCC 0.139 measured; the model was trained on them but learnt them weakly.)"""
     from rayiqa.config.study import StudyConfig
     from rayiqa.pipeline.study import run_study
 
@@ -86,7 +87,7 @@ def test_study_single_stimulus_system_agrees_with_the_samples_labels(ray_local, 
 def test_tta_mechanism_with_the_mllm_as_ranker(tmp_path):
     """benchmarks/tta_mechanism.py's MLLM rankers (the job's `ranker: llm-iqa` and `prompt2`) at a small size:
     both rank the shifted test set (noise, JPEG) by its SSIM labels, and their quality clusters hold more of the true
-    top-2 / bottom-2 than the source model's own clusters (measured 12 and 12 vs 5 of 24)."""
+    top-2 / bottom-2 than the source model's own clusters (measured 11 and 12 vs 5 of 24)."""
     from test_tta_mechanism import tta_mechanism
 
     result = tta_mechanism.run(n_refs=8, levels=3, epochs=2, iterations=2, seed=0, work=tmp_path, mllm="tiny-iqa")
