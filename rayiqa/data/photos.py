@@ -126,8 +126,8 @@ def defocus_background(image: np.ndarray, rng: np.random.Generator) -> np.ndarra
     ry, rx = rng.uniform(0.25, 0.55) * h, rng.uniform(0.25, 0.55) * w
     yy, xx = np.mgrid[:h, :w]
     sharp = filters.gaussian((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1).astype(float), rng.uniform(1, 3))
-    soft = filters.gaussian(img_as_float(image), rng.uniform(1.5, 5), channel_axis=-1)
-    out = sharp[..., None] * img_as_float(image) + (1 - sharp[..., None]) * soft
+    x = img_as_float(image)
+    out = sharp[..., None] * x + (1 - sharp[..., None]) * filters.gaussian(x, rng.uniform(1.5, 5), channel_axis=-1)
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
