@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rayiqa.config import load_config
+from rayiqa.config.tiny_iqa import TinyDataConfig, TinyIQATrainConfig
 from skimage import img_as_float
 
 from rayiqa.data.fr_metrics import gmsd, gmsd_cells
@@ -70,22 +71,40 @@ def test_bundled_samples_are_refused_and_rows_are_seeded():
     for name in SAMPLE_SOURCES:
         with pytest.raises(DatasetError, match="bundled sample"):
             load_photo(name)
-    kwargs = dict(sources=["clock", "grass"], types=["jpeg", "gaussian_blur"], side_range=(60, 120), dead_leaves_share=0.5,
-                  defocus_share=0.5, versions=2, gmsd_ceiling=0.3, grid=28)
+    kwargs = dict(sources=["clock", "grass"], types={"jpeg": 3.0, "gaussian_blur": 1.0}, side_range=(60, 120), dead_leaves_share=0.5,
+                  defocus_share=0.5, off_grid_share=0.5, versions=2, gmsd_ceiling=0.3, grid=28)
     a, b = make_example(**kwargs, seed=[0, 5]), make_example(**kwargs, seed=[0, 5])
     assert a == b and a != make_example(**kwargs, seed=[0, 6])
     rows = [make_example(**kwargs, seed=[1, i]) for i in range(12)]
     assert {r["source"] for r in rows} >= {"dead_leaves"} and {r["source"] for r in rows} - {"dead_leaves"}
+    on_grid = [decode_png(r["images"][0]).shape[0] % 28 == 0 == decode_png(r["images"][0]).shape[1] % 28 for r in rows]
+    assert any(on_grid) and not all(on_grid)  # some rows are cut to whole tokens, the others left for the processor
     for r in rows:
         pristine = decode_png(r["images"][0])
         h, w = r["grid_hw"]
-        assert pristine.shape[:2] == (28 * h, 28 * w) and r["q"][0] == 1.0 and r["types"][0] == "none"
+        assert r["q"][0] == 1.0 and r["types"][0] == "none"
+        assert min(pristine.shape[:2]) >= 56 and [round(n / 28) for n in pristine.shape[:2]] == [h, w]  # the processor's grid
         for data, q, qmap in zip(r["images"][1:], r["q"][1:], r["qmaps"][1:]):
             image, cells = decode_png(data), np.frombuffer(qmap, np.float32).reshape(h, w)
             assert q == pytest.approx(np.clip(1 - gmsd(img_as_float(pristine), img_as_float(image)) / 0.3, 0, 1))
             assert ((cells >= 0) & (cells <= 1)).all()
             if q < 0.8:  # a visible distortion shows in the cells too
                 assert cells.mean() < 1.0
+
+
+def test_type_weights_steer_which_distortions_rows_get_and_bad_weights_are_refused():
+    kwargs = dict(sources=["grass"], side_range=(56, 84), dead_leaves_share=0.0, defocus_share=0.0, off_grid_share=0.0, versions=3,
+                  gmsd_ceiling=0.3, grid=28)
+    only_jpeg = [make_example(types={"jpeg": 1.0, "contrast": 0.0}, **kwargs, seed=[2, i]) for i in range(4)]
+    assert {t for r in only_jpeg for t in r["types"][1:]} == {"jpeg"}
+    mixed = [make_example(types={"jpeg": 3.0, "contrast": 1.0}, **kwargs, seed=[2, i]) for i in range(30)]
+    share = np.mean([t == "jpeg" for r in mixed for t in r["types"][1:]])
+    assert 0.6 < share < 0.9  # 90 draws at p = 0.75
+    data = TinyIQATrainConfig().data
+    assert data.type_mix() == {t: 1.0 for t in data.types}
+    for weights in ({"sharpen": 1.0}, {"jpeg": -1.0}, {t: 0.0 for t in data.types}):
+        with pytest.raises(ValueError, match="type_weights"):
+            TinyDataConfig(type_weights=weights)
 
 
 def test_gmsd_cells_of_a_uniform_distortion_average_to_about_the_image_gmsd():

@@ -35,13 +35,15 @@ class TinyDataConfig(Section):
     """Training rows: random crops of packaged photographs or dead-leaves images, graded distortions, GMSD labels."""
 
     train_photos: list[str] = Field(default_factory=lambda: [
-        "clock", "text", "grass", "gravel", "cell", "hubble_deep_field", "retina", "grace_hopper"])
+        "clock", "text", "grass", "gravel", "cell", "hubble_deep_field", "retina", "grace_hopper", "motorcycle"])
     holdout_photos: list[str] = Field(default_factory=lambda: ["camera", "coins", "brick", "immunohistochemistry"])
     types: list[str] = Field(default_factory=lambda: list(TRAIN_TYPES), min_length=1)  # rayiqa.data.distortions names
-    rows: int = Field(default=4000, gt=0)  # rows per run; each holds a pristine image and `versions` copies of it
+    type_weights: dict[str, float] = Field(default_factory=dict)  # relative draw weight of a type (unlisted: 1)
+    rows: int = Field(default=8000, gt=0)  # rows per run; each holds a pristine image and `versions` copies of it
     versions: int = Field(default=3, ge=1)  # distorted copies per row
     dead_leaves: float = Field(default=0.5, ge=0, le=1)  # share of rows whose pristine image is a dead-leaves image
     defocus: float = Field(default=0.3, ge=0, le=1)  # share of pristine images given a defocused background
+    off_grid: float = Field(default=0.7, ge=0, le=1)  # share of rows left off the 28 px grid: the processor resizes them
     side_range: tuple[int, int] = (112, 252)  # long side of a crop, px (sides are then cut to multiples of 28)
     gmsd_ceiling: float = Field(default=0.3, gt=0)  # q = 1 - GMSD / ceiling, clipped to [0, 1] (per image and per token)
     tie_margin: float = Field(default=0.08, gt=0)  # double stimulus: |q_a - q_b| below this leans to "comparable"
@@ -53,13 +55,20 @@ class TinyDataConfig(Section):
         shared = sorted(set(self.train_photos) & set(self.holdout_photos))
         if shared:
             raise ValueError(f"train_photos and holdout_photos share {shared}")
+        unknown = sorted(set(self.type_weights) - set(self.types))
+        if unknown or any(w < 0 for w in self.type_weights.values()) or not any(self.type_mix().values()):
+            raise ValueError(f"type_weights must give types among {self.types} weights >= 0, not all 0; got {self.type_weights}")
         return self
+
+    def type_mix(self) -> dict[str, float]:
+        """Each type's draw weight."""
+        return {t: self.type_weights.get(t, 1.0) for t in self.types}
 
 
 class VisionPhaseConfig(Section):
     """The first epochs: the vision tower alone, with training-only heads (local quality, type)."""
 
-    epochs: int = Field(default=6, ge=0)  # 0: skip the phase
+    epochs: int = Field(default=3, ge=0)  # 0: skip the phase
     lr: float = Field(default=1e-3, gt=0)  # AdamW peak learning rate
     local_weight: float = Field(default=2.0, ge=0)  # MSE of each token's predicted local quality (its cell's GMSD label)
     rank_weight: float = Field(default=1.0, ge=0)  # pairwise logistic loss ranking a row's images by their label
@@ -87,7 +96,7 @@ class TinyIQATrainConfig(Section):
     prompts: PromptMixConfig = Field(default_factory=PromptMixConfig)
     min_pixels: int = Field(default=3136, gt=0)  # processor resize bounds, as in the scoring configs
     max_pixels: int = Field(default=200704, gt=0)
-    epochs: int = Field(default=4, gt=0)  # prompt epochs, after the vision phase's
+    epochs: int = Field(default=2, gt=0)  # prompt epochs, after the vision phase's
     batch_size: int = Field(default=8, gt=0)  # rows per worker per step
     lr: float = Field(default=1e-3, gt=0)  # AdamW peak learning rate of the prompt phase
     clip_norm: float = Field(default=1.0, gt=0)  # gradient norm clip, both phases

@@ -1,5 +1,5 @@
 """Permissively licensed photographs that installed packages ship, and graded-distortion examples
-made from them (random crops and sizes, SSIM against the pristine crop as the quality label).
+made from them (random crops and sizes, GMSD against the pristine crop as the quality label).
 
 The photographs the project bundles as samples (`rayiqa/assets/samples`, also scikit-image images)
 are refused by name, so a model trained here is tested on photographs it has never seen.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,11 +24,14 @@ PHOTO_LONG_SIDE = 640  # larger photographs are shrunk to this before cropping
 SAMPLE_SOURCES = ("astronaut", "chelsea", "cat", "coffee", "rocket")  # bundled samples: never trained on
 
 
-def _skimage(name: str) -> Callable[[], np.ndarray]:
+def _skimage(name: str, part: int | None = None) -> Callable[[], np.ndarray]:
+    """Loader of `skimage.data.<name>()` (or item `part` of what it returns)."""
+
     def load() -> np.ndarray:
         import skimage.data
 
-        return getattr(skimage.data, name)()
+        data = getattr(skimage.data, name)()
+        return data if part is None else data[part]
 
     return load
 
@@ -65,6 +68,8 @@ PHOTOS: dict[str, Photo] = {
     "immunohistochemistry": Photo(_skimage("immunohistochemistry"), "skimage.data.immunohistochemistry",
                                   "no known copyright restrictions"),
     "retina": Photo(_skimage("retina"), "skimage.data.retina", "CC0 1.0"),
+    "motorcycle": Photo(_skimage("stereo_motorcycle", 0), "skimage.data.stereo_motorcycle (left)",
+                        "BSD-3-Clause, as part of scikit-image (Middlebury 2014 stereo dataset)"),
     "grace_hopper": Photo(_matplotlib("grace_hopper.jpg"), "matplotlib sample_data/grace_hopper.jpg",
                           "public domain (U.S. Navy photograph)"),
 }
@@ -145,17 +150,18 @@ def quality(gmsd_value: np.ndarray | float, ceiling: float) -> np.ndarray | floa
 
 
 def make_example(
-    sources: Sequence[str], types: Sequence[str], side_range: tuple[int, int], dead_leaves_share: float,
-    defocus_share: float, versions: int, gmsd_ceiling: float, grid: int, seed: Sequence[int],
+    sources: Sequence[str], types: Mapping[str, float], side_range: tuple[int, int], dead_leaves_share: float,
+    defocus_share: float, off_grid_share: float, versions: int, gmsd_ceiling: float, grid: int, seed: Sequence[int],
 ) -> dict:
     """One training row: a pristine image and `versions` distorted copies of it, with labels.
 
     The pristine image is a random crop of a photograph or, with probability `dead_leaves_share`, a
-    dead-leaves image, and with probability `defocus_share` its background is defocused; its sides are
-    multiples of `grid` (a vision tower's merged-token size), so the processor leaves it unscaled and
-    the local quality maps line up with its tokens. Each copy has
-    a random type and strength, the image-level label q (GMSD, see `quality`) and a per-cell map of
-    the same mapping of each cell's own GMSD. Image 0 is the pristine one (q = 1, type "none"). Seeded by
+    dead-leaves image, and with probability `defocus_share` its background is defocused. Its sides are
+    cut to multiples of `grid` (a vision tower's merged-token size), so the processor leaves it unscaled,
+    except with probability `off_grid_share`: then they stay as cropped and the processor resizes the
+    images to whole tokens, as it does almost every image a user sends. Each copy has
+    a random type (drawn with the weights in `types`) and strength, the image-level label q (GMSD, see `quality`) and a per-cell map of
+    the same mapping of each cell's own GMSD, on the token grid (`on_grid`). Image 0 is the pristine one (q = 1, type "none"). Seeded by
     `seed` alone, so a row is the same wherever and whenever it is made.
     """
     rng = np.random.default_rng(list(seed))
@@ -167,21 +173,35 @@ def make_example(
     else:
         source = sources[int(rng.integers(len(sources)))]
         content = random_crop(load_photos(tuple(sources), PHOTO_LONG_SIDE)[source], side_range, rng)
-    h, w = (max(2 * grid, n // grid * grid) for n in content.shape[:2])
-    pristine = np.ascontiguousarray(resize_to(content, h, w))
+    if rng.random() >= off_grid_share or min(content.shape[:2]) < 2 * grid:  # the processor would scale a smaller one up
+        content = resize_to(content, *(max(2 * grid, n // grid * grid) for n in content.shape[:2]))
+    pristine = np.ascontiguousarray(content)
     if rng.random() < defocus_share:
         pristine = defocus_background(pristine, rng)
+    reference = on_grid(pristine, grid)
+    gh, gw = reference.shape[0] // grid, reference.shape[1] // grid
     row: dict = {"source": source, "images": [png_bytes(pristine)], "q": [1.0], "types": ["none"],
-                 "qmaps": [np.ones((h // grid, w // grid), np.float32).tobytes()], "grid_hw": [h // grid, w // grid]}
+                 "qmaps": [np.ones((gh, gw), np.float32).tobytes()], "grid_hw": [gh, gw]}
+    kinds, weights = list(types), np.array(list(types.values()), dtype=float)
     for _ in range(versions):
-        kind = types[int(rng.integers(len(types)))]
+        kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
         image = distort_at(pristine, kind, float(rng.uniform()), rng)
-        reference, copy = img_as_float(pristine), img_as_float(image)
         row["images"].append(png_bytes(image))
-        row["q"].append(float(quality(gmsd(reference, copy), gmsd_ceiling)))
+        row["q"].append(float(quality(gmsd(img_as_float(pristine), img_as_float(image)), gmsd_ceiling)))
         row["types"].append(kind)
-        row["qmaps"].append(quality(gmsd_cells(reference, copy, grid), gmsd_ceiling).astype(np.float32).tobytes())
+        cells = gmsd_cells(img_as_float(reference), img_as_float(on_grid(image, grid)), grid)
+        row["qmaps"].append(quality(cells, gmsd_ceiling).astype(np.float32).tobytes())
     return row
+
+
+def on_grid(image: np.ndarray, grid: int) -> np.ndarray:
+    """`image` resized (nearest neighbour) to the nearest whole number of `grid` px cells per side, as the
+    Qwen2-VL processor resizes an image of at least 2 x 2 cells within its pixel bounds, so per-cell labels
+    line up with its tokens."""
+    h, w = (round(n / grid) * grid for n in image.shape[:2])
+    if (h, w) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.NEAREST))
 
 
 def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:

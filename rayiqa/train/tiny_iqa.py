@@ -105,8 +105,8 @@ def make_rows(batch: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, li
     """Ray Data task: the training rows whose ids are in this batch (each seeded by (seed, id))."""
     c = TinyIQATrainConfig.model_validate(cfg)
     d = c.data
-    rows = [make_example(d.train_photos, d.types, d.side_range, d.dead_leaves, d.defocus, d.versions, d.gmsd_ceiling, GRID,
-                         [c.seed, int(i)]) for i in batch["id"]]
+    rows = [make_example(d.train_photos, d.type_mix(), d.side_range, d.dead_leaves, d.defocus, d.off_grid, d.versions,
+                         d.gmsd_ceiling, GRID, [c.seed, int(i)]) for i in batch["id"]]
     return {key: [r[key] for r in rows] for key in rows[0]}
 
 
