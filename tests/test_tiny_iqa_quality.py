@@ -15,13 +15,14 @@ from rayiqa.methods.metrics import srcc
 LABELS = samples_dir() / "labels.csv"
 SEGMENTER = ["segmenter.points_per_side=4", "segmenter.pred_iou_thresh=0", "segmenter.stability_score_thresh=0",
              "method.area_threshold=0.05"]  # few, large crops: the mix-grained path at test speed
-# Measured with the shipped weights (training seed 0): pooled SRCC 0.581, whole image and mix-grained alike;
-# 30 of 32 distorted copies below their pristine photo (per photo 8, 7, 8, 7 of 8). The same config trained
-# with seed 1: 0.558 whole image, 31 of 32 (8, 8, 8, 7).
-POOLED_MIN = 0.5
+# Measured with the shipped weights (training seed 0): pooled SRCC 0.707, whole image and mix-grained alike; all
+# 32 distorted copies below their pristine photo. The same config trained with seed 1 (not shipped): 0.594, 31 of 32
+# (8, 8, 8, 7) -- so the pooled threshold holds for the shipped weights, not for every seed.
+POOLED_MIN = 0.7
 PRISTINE_ABOVE = 0.85  # share of a photo's 8 distorted copies that score below it
-STUDY_SINGLE_MIN = 0.45  # measured 0.601 (SRCC against the samples' SSIM)
-TTA_RANKER_MIN = 0.4  # measured 0.601 (llm-iqa) and 0.596 (prompt2); the shifted source model: -0.092
+STUDY_SINGLE_MIN = 0.5  # SRCC against the samples' SSIM; measured 0.670 (seed 1: 0.529)
+STUDY_DOUBLE_MIN = 0.2  # Thurstone-aggregated pairs; measured 0.462 (seed 1: 0.211)
+TTA_RANKER_MIN = 0.5  # measured 0.692 (llm-iqa) and 0.711 (prompt2); seed 1: 0.667, 0.695; the source model: -0.092
 
 
 def _scored(out) -> pd.DataFrame:
@@ -67,19 +68,21 @@ def test_random_weights_have_no_opinion_on_the_same_images(ray_local, tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_study_single_stimulus_system_agrees_with_the_samples_labels(ray_local, tmp_path):
-    """configs/study.yaml's default MLLM, single-stimulus standard prompt, NR. (Its double-stimulus answers,
-    Thurstone-aggregated, barely do: SRCC 0.139 measured; the model was trained on them but learnt them weakly.)"""
+def test_study_single_and_double_stimulus_systems_agree_with_the_samples_labels(ray_local, tmp_path):
+    """configs/study.yaml's default MLLM, NR: the single-stimulus standard prompt's expected level, and the
+    double-stimulus standard prompt's "which is better" answers over pairs, Thurstone-aggregated."""
     from rayiqa.config.study import StudyConfig
     from rayiqa.pipeline.study import run_study
 
     cfg = load_config(StudyConfig, "configs/study.yaml", [
-        f"output.uri={tmp_path / 'out'}", "design.systems=[single-standard]", "design.scenarios=[nr]",
+        f"output.uri={tmp_path / 'out'}", "design.systems=[single-standard,double-standard]", "design.scenarios=[nr]",
         "stage.num_cpus=0.5"])
     assert cfg.mllms[0].preset == "tiny-iqa"
     summary = run_study(cfg)
-    (row,) = summary.rows
-    assert row["system"] == "single-standard" and row["n_failed"] == 0 and row["srcc"] >= STUDY_SINGLE_MIN, row
+    rows = {row["system"]: row for row in summary.rows}
+    assert set(rows) == {"single-standard", "double-standard"} and all(r["n_failed"] == 0 for r in rows.values())
+    assert rows["single-standard"]["srcc"] >= STUDY_SINGLE_MIN, rows
+    assert rows["double-standard"]["srcc"] >= STUDY_DOUBLE_MIN, rows
     assert "rayiqa-trained (synthetic)" in summary.render()
 
 
@@ -87,7 +90,7 @@ def test_study_single_stimulus_system_agrees_with_the_samples_labels(ray_local, 
 def test_tta_mechanism_with_the_mllm_as_ranker(tmp_path):
     """benchmarks/tta_mechanism.py's MLLM rankers (the job's `ranker: llm-iqa` and `prompt2`) at a small size:
     both rank the shifted test set (noise, JPEG) by its SSIM labels, and their quality clusters hold more of the true
-    top-2 / bottom-2 than the source model's own clusters (measured 11 and 12 vs 5 of 24)."""
+    top-2 / bottom-2 than the source model's own clusters (measured 14 and 14 vs 5 of 24; seed 1: 11 and 12)."""
     from test_tta_mechanism import tta_mechanism
 
     result = tta_mechanism.run(n_refs=8, levels=3, epochs=2, iterations=2, seed=0, work=tmp_path, mllm="tiny-iqa")
