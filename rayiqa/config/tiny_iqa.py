@@ -44,7 +44,7 @@ class TinyDataConfig(Section):
     dead_leaves: float = Field(default=0.5, ge=0, le=1)  # share of rows whose pristine image is a dead-leaves image
     defocus: float = Field(default=0.3, ge=0, le=1)  # share of pristine images given a defocused background
     off_grid: float = Field(default=0.7, ge=0, le=1)  # share of rows left off the 28 px grid: the processor resizes them
-    side_range: tuple[int, int] = (112, 252)  # long side of a crop, px (sides are then cut to multiples of 28)
+    side_range: tuple[int, int] = (112, 252)  # long side of a crop, px (on-grid rows: sides cut to multiples of 28)
     gmsd_ceiling: float = Field(default=0.3, gt=0)  # q = 1 - GMSD / ceiling, clipped to [0, 1] (per image and per token)
     tie_margin: float = Field(default=0.08, gt=0)  # double stimulus: |q_a - q_b| below this leans to "comparable"
     holdout_long_side: int = Field(default=384, gt=0)  # held-out photos are resized to this, like the samples
@@ -55,9 +55,14 @@ class TinyDataConfig(Section):
         shared = sorted(set(self.train_photos) & set(self.holdout_photos))
         if shared:
             raise ValueError(f"train_photos and holdout_photos share {shared}")
-        unknown = sorted(set(self.type_weights) - set(self.types))
+        return self
+
+    @model_validator(mode="after")
+    def _type_weights(self) -> "TinyDataConfig":
+        unknown = set(self.type_weights) - set(self.types)
         if unknown or any(w < 0 for w in self.type_weights.values()) or not any(self.type_mix().values()):
-            raise ValueError(f"type_weights must give types among {self.types} weights >= 0, not all 0; got {self.type_weights}")
+            raise ValueError(f"type_weights must give types among {self.types} weights >= 0, not all 0; "
+                             f"got {self.type_weights}")
         return self
 
     def type_mix(self) -> dict[str, float]:

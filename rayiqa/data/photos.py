@@ -159,10 +159,11 @@ def make_example(
     dead-leaves image, and with probability `defocus_share` its background is defocused. Its sides are
     cut to multiples of `grid` (a vision tower's merged-token size), so the processor leaves it unscaled,
     except with probability `off_grid_share`: then they stay as cropped and the processor resizes the
-    images to whole tokens, as it does almost every image a user sends. Each copy has
-    a random type (drawn with the weights in `types`) and strength, the image-level label q (GMSD, see `quality`) and a per-cell map of
-    the same mapping of each cell's own GMSD, on the token grid (`on_grid`). Image 0 is the pristine one (q = 1, type "none"). Seeded by
-    `seed` alone, so a row is the same wherever and whenever it is made.
+    images to whole tokens, as it does almost every image a user sends. Each copy has a random type
+    (drawn with the weights in `types`) and strength, the image-level label q (GMSD, see `quality`) and
+    a per-cell map of the same mapping of each cell's own GMSD, on the token grid (`on_grid`). Image 0
+    is the pristine one (q = 1, type "none"). Seeded by `seed` alone, so a row is the same wherever and
+    whenever it is made.
     """
     rng = np.random.default_rng(list(seed))
     lo, hi = side_range
@@ -178,18 +179,19 @@ def make_example(
     pristine = np.ascontiguousarray(content)
     if rng.random() < defocus_share:
         pristine = defocus_background(pristine, rng)
-    reference = on_grid(pristine, grid)
-    gh, gw = reference.shape[0] // grid, reference.shape[1] // grid
+    pristine_f, reference_f = img_as_float(pristine), img_as_float(on_grid(pristine, grid))
+    gh, gw = reference_f.shape[0] // grid, reference_f.shape[1] // grid
     row: dict = {"source": source, "images": [png_bytes(pristine)], "q": [1.0], "types": ["none"],
                  "qmaps": [np.ones((gh, gw), np.float32).tobytes()], "grid_hw": [gh, gw]}
     kinds, weights = list(types), np.array(list(types.values()), dtype=float)
+    p = weights / weights.sum()
     for _ in range(versions):
-        kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+        kind = kinds[int(rng.choice(len(kinds), p=p))]
         image = distort_at(pristine, kind, float(rng.uniform()), rng)
         row["images"].append(png_bytes(image))
-        row["q"].append(float(quality(gmsd(img_as_float(pristine), img_as_float(image)), gmsd_ceiling)))
+        row["q"].append(float(quality(gmsd(pristine_f, img_as_float(image)), gmsd_ceiling)))
         row["types"].append(kind)
-        cells = gmsd_cells(img_as_float(reference), img_as_float(on_grid(image, grid)), grid)
+        cells = gmsd_cells(reference_f, img_as_float(on_grid(image, grid)), grid)
         row["qmaps"].append(quality(cells, gmsd_ceiling).astype(np.float32).tobytes())
     return row
 
