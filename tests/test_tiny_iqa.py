@@ -12,7 +12,7 @@ from rayiqa.config.tiny_iqa import TinyDataConfig, TinyIQATrainConfig
 from skimage import img_as_float
 
 from rayiqa.data.fr_metrics import gmsd, gmsd_cells
-from rayiqa.data.photos import SAMPLE_SOURCES, decode_png, defocus_background, load_photo, make_example
+from rayiqa.data.photos import PHOTOS, SAMPLE_SOURCES, decode_png, defocus_background, load_photo, make_example
 from rayiqa.data.rows import DatasetError
 from rayiqa.methods import level_targets, llm_tta, study_prompts
 from rayiqa.methods.llm_iqa import standard_prompt
@@ -65,6 +65,14 @@ def test_defocused_background_keeps_a_sharp_region_and_blurs_a_corner():
         cells = np.abs(out.astype(float) - texture).reshape(14, 8, 14, 10, 3).mean(axis=(1, 3, 4))
         assert cells.min() < 3  # the ellipse's centre stays sharp
         assert max(cells[0, 0], cells[0, -1], cells[-1, 0], cells[-1, -1]) > 30  # the corner farthest from it: blurred
+
+
+def test_every_packaged_photograph_loads_as_rgb_and_none_is_a_sample():
+    assert not set(PHOTOS) & set(SAMPLE_SOURCES)
+    for name in PHOTOS:
+        image = load_photo(name)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
+        assert min(image.shape[:2]) >= 112 and image.std() > 10, name  # room for the smallest crop, not a blank
 
 
 def test_bundled_samples_are_refused_and_rows_are_seeded():
