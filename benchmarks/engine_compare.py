@@ -33,7 +33,7 @@ def mllm_override(engine: str, preset: str, gpu: bool) -> str:
     if gpu:
         return f"mllms=[{{preset: {preset}, engine: {engine}, batch_size: 16}}]"
     return (f"mllms=[{{preset: {preset}, engine: {engine}, dtype: float32, max_pixels: 12544, batch_size: 16, "
-            "max_model_len: 2048, gpu_memory_utilization: 0.15, enforce_eager: true}]")
+            "max_model_len: 2048, kv_cache_memory_bytes: 268435456, enforce_eager: true}]")
 
 
 def decoded_blocks(cfg, block: int) -> list[dict]:

@@ -35,7 +35,7 @@ def test_a_missing_level_token_is_the_engines_fault_not_the_images() -> None:
 
 def test_engine_kwargs_come_from_the_config() -> None:
     cfg = MLLMConfig(engine="vllm", dtype="bfloat16", max_model_len=2048, tensor_parallel_size=2,
-                     gpu_memory_utilization=0.5, min_pixels=100, max_pixels=200_000)
+                     gpu_memory_utilization=0.5, kv_cache_memory_bytes=2**30, min_pixels=100, max_pixels=200_000)
     assert vllm_engine_kwargs(cfg, max_images=2) == {
         "model": resolve_model("tiny")[0],
         "dtype": "bfloat16",
@@ -43,6 +43,7 @@ def test_engine_kwargs_come_from_the_config() -> None:
         "tensor_parallel_size": 2,
         "distributed_executor_backend": "mp",
         "gpu_memory_utilization": 0.5,
+        "kv_cache_memory_bytes": 2**30,
         "limit_mm_per_prompt": {"image": 2},
         "mm_processor_kwargs": {"size": {"shortest_edge": 100, "longest_edge": 200_000}},
         "logprobs_mode": "processed_logprobs",

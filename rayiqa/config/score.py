@@ -45,6 +45,8 @@ class MLLMConfig(Section):
     max_model_len: int = Field(default=4096, gt=0)  # vllm engine
     tensor_parallel_size: int = Field(default=1, gt=0)  # vllm engine: GPUs one engine is sharded over
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # vllm engine (its CPU build: share of host memory)
+    # vllm engine: a fixed KV cache size in bytes, overriding gpu_memory_utilization (None: vLLM infers it from that)
+    kv_cache_memory_bytes: int | None = Field(default=None, gt=0)
     enforce_eager: bool = False  # vllm engine: no CUDA graphs (faster start-up, slower steps)
 
 

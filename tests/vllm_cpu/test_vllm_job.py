@@ -30,10 +30,11 @@ from rayiqa.pipeline.score_job import run_score
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 PROB_TOLERANCE = 1e-5  # per level probability, vLLM against transformers (float32 both; measured ~1e-8)
-# One engine per actor; on vLLM's CPU backend gpu_memory_utilization is the share of host memory it
-# reserves for the KV cache. max_pixels 112^2: 16 image tokens per request.
+# One engine per actor, each with a fixed 256 MiB KV cache: on vLLM's CPU backend a gpu_memory_utilization
+# share of host memory would have to cover the actor's whole resident size too, which varies by machine.
+# max_pixels 112^2: 16 image tokens per request.
 MLLM = "{{preset: tiny, engine: {engine}, dtype: float32, max_pixels: 12544, max_model_len: 2048, " \
-       "gpu_memory_utilization: 0.05, enforce_eager: true}}"
+       "kv_cache_memory_bytes: 268435456, enforce_eager: true}}"
 SEGMENT = ["segmenter.points_per_side=8", "segmenter.pred_iou_thresh=0", "segmenter.stability_score_thresh=0",
            "method.area_threshold=0.05"]
 STRIP = "strip.png"  # 2 x 500 px: the Qwen2.5-VL processor refuses an aspect ratio over 200 (both engines)

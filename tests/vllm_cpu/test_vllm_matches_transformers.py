@@ -38,11 +38,10 @@ def images() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def cfg() -> MLLMConfig:
-    # On vLLM's CPU backend gpu_memory_utilization is the share of host memory for the model and KV
-    # cache, counting what this process already holds: the test process holds the job tests' Ray driver
-    # and a transformers engine too, so 0.15 (3.5 GiB of 24) leaves the KV cache room.
+    # A fixed 256 MiB KV cache: on vLLM's CPU backend a gpu_memory_utilization share of host memory
+    # would have to cover this process's whole resident size (Ray driver, transformers engine) too.
     return MLLMConfig(engine="vllm", dtype="float32", device="cpu", max_model_len=2048, batch_size=4,
-                      gpu_memory_utilization=0.15, enforce_eager=True)
+                      kv_cache_memory_bytes=2**28, enforce_eager=True)
 
 
 @pytest.fixture(scope="module")

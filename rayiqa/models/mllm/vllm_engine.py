@@ -44,6 +44,7 @@ def vllm_engine_kwargs(cfg: MLLMConfig, max_images: int = 1) -> dict[str, Any]:
         "max_model_len": cfg.max_model_len,
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "kv_cache_memory_bytes": cfg.kv_cache_memory_bytes,
         "limit_mm_per_prompt": {"image": max_images},
         "mm_processor_kwargs": image_size_kwargs(cfg),
         "logprobs_mode": "processed_logprobs",
