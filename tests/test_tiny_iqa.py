@@ -143,6 +143,25 @@ def test_dct_patch_embedding_reads_out_the_luma_dct_of_a_patch():
     assert np.abs(out[90:]).max() < 1e-4  # colour-opponent channels do not see grey
 
 
+@pytest.mark.parametrize("patch", [14, 16])
+def test_initial_model_tokens_line_up_with_the_rows_label_cells(tmp_path, patch):
+    """The processor built at `model.patch_size` cuts every row's images into exactly the row's grid of label cells
+    (one per merged token), on-grid rows and rows it resizes alike."""
+    from rayiqa.config.tiny_iqa import TinyShapeConfig
+    from rayiqa.train.tiny_iqa import build_initial_model
+    from transformers import AutoConfig, AutoProcessor
+
+    shape = TinyShapeConfig(patch_size=patch, hidden_size=32, layers=1, vision_hidden_size=32, vision_depth=1)
+    folder = build_initial_model(shape, 0, tmp_path / "model")
+    assert AutoConfig.from_pretrained(folder).vision_config.patch_size == patch and shape.grid == 2 * patch
+    processor = AutoProcessor.from_pretrained(folder).image_processor
+    rows = [make_example(["grass"], {"jpeg": 1.0}, (60, 140), 0.0, 0.0, 0.5, 1, 0.3, shape.grid, [3, i]) for i in range(8)]
+    assert {decode_png(r["images"][0]).shape[0] % shape.grid == 0 for r in rows} == {True, False}  # both kinds of row
+    for r in rows:
+        thw = processor(images=[decode_png(r["images"][1])], min_pixels=3136, max_pixels=200704)["image_grid_thw"][0]
+        assert [int(thw[1]) // 2, int(thw[2]) // 2] == list(r["grid_hw"])
+
+
 def _fixed_loss(folder: Path, cfg, rows: dict) -> float:
     """The soft-label loss of the model in `folder` on the same questions about the same rows."""
     import torch

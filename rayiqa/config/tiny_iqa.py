@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from rayiqa.config.base import RayConfig, Section
 
 TRAIN_TYPES = ["gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "contrast", "pixelation"]
-GRID = 28  # px: one merged vision token of Qwen2.5-VL (patch 14 x spatial merge 2)
+SPATIAL_MERGE = 2  # Qwen2.5-VL merges 2 x 2 patches into one token
 
 
 class TinyShapeConfig(Section):
@@ -21,7 +21,13 @@ class TinyShapeConfig(Section):
     layers: int = Field(default=3, gt=0)  # language model decoder layers
     vision_hidden_size: int = Field(default=96, gt=0)  # vision tower width (head_dim stays 32)
     vision_depth: int = Field(default=3, gt=0)  # vision tower blocks; the last one uses full attention
+    patch_size: int = Field(default=16, ge=4)  # vision patch side, px; 16 holds whole 8 px JPEG blocks (Qwen2.5-VL: 14)
     patch_init: Literal["dct", "random"] = "dct"  # the patch embedding's start: a DCT basis or random weights
+
+    @property
+    def grid(self) -> int:
+        """Side of one merged vision token, px: the processor resizes images to whole tokens."""
+        return self.patch_size * SPATIAL_MERGE
 
     @model_validator(mode="after")
     def _head_dim_32(self) -> "TinyShapeConfig":
@@ -43,8 +49,8 @@ class TinyDataConfig(Section):
     versions: int = Field(default=3, ge=1)  # distorted copies per row
     dead_leaves: float = Field(default=0.5, ge=0, le=1)  # share of rows whose pristine image is a dead-leaves image
     defocus: float = Field(default=0.3, ge=0, le=1)  # share of pristine images given a defocused background
-    off_grid: float = Field(default=0.7, ge=0, le=1)  # share of rows left off the 28 px grid: the processor resizes them
-    side_range: tuple[int, int] = (112, 252)  # long side of a crop, px (on-grid rows: sides cut to multiples of 28)
+    off_grid: float = Field(default=0.7, ge=0, le=1)  # share of rows left off the token grid: the processor resizes them
+    side_range: tuple[int, int] = (112, 252)  # long side of a crop, px (on-grid rows: sides cut to whole tokens)
     gmsd_ceiling: float = Field(default=0.3, gt=0)  # q = 1 - GMSD / ceiling, clipped to [0, 1] (per image and per token)
     tie_margin: float = Field(default=0.08, gt=0)  # double stimulus: |q_a - q_b| below this leans to "comparable"
     holdout_long_side: int = Field(default=384, gt=0)  # held-out photos are resized to this, like the samples

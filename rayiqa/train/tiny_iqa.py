@@ -32,7 +32,7 @@ import ray.train
 import torch
 
 from rayiqa.config import MLLMConfig, load_config
-from rayiqa.config.tiny_iqa import GRID, TinyIQATrainConfig, TinyShapeConfig, VisionPhaseConfig
+from rayiqa.config.tiny_iqa import TinyIQATrainConfig, TinyShapeConfig, VisionPhaseConfig
 from rayiqa.data.photos import decode_png, holdout_set, make_example
 from rayiqa.methods import llm_tta, study_prompts
 from rayiqa.methods.level_targets import FAMILIES, draw_question
@@ -89,6 +89,7 @@ def build_initial_model(shape: TinyShapeConfig, seed: int, folder: Path) -> Path
         "hidden_size": shape.vision_hidden_size, "intermediate_size": 2 * shape.vision_hidden_size,
         "depth": shape.vision_depth, "num_heads": shape.vision_hidden_size // 32,
         "out_hidden_size": shape.hidden_size, "fullatt_block_indexes": [shape.vision_depth - 1],
+        "patch_size": shape.patch_size, "window_size": 4 * shape.grid,  # windows of 4 x 4 merged tokens
     })
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
@@ -97,6 +98,7 @@ def build_initial_model(shape: TinyShapeConfig, seed: int, folder: Path) -> Path
     model.save_pretrained(folder)
     processor = AutoProcessor.from_pretrained(tiny)
     processor.image_processor.resample = 0  # PIL.Image.Resampling.NEAREST
+    processor.image_processor.patch_size = shape.patch_size
     processor.save_pretrained(folder)
     return folder
 
@@ -106,7 +108,7 @@ def make_rows(batch: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, li
     c = TinyIQATrainConfig.model_validate(cfg)
     d = c.data
     rows = [make_example(d.train_photos, d.type_mix(), d.side_range, d.dead_leaves, d.defocus, d.off_grid, d.versions,
-                         d.gmsd_ceiling, GRID, [c.seed, int(i)]) for i in batch["id"]]
+                         d.gmsd_ceiling, c.model.grid, [c.seed, int(i)]) for i in batch["id"]]
     return {key: [r[key] for r in rows] for key in rows[0]}
 
 
