@@ -95,3 +95,23 @@ def test_both_engines_refuse_the_same_request_and_generate_text(engines, images)
     # detokenisers render as U+FFFD differently, so compare without them
     texts = [[t.replace("\ufffd", "") for t in engine.generate_text(requests, max_new_tokens=4)] for engine in engines]
     assert texts[0] == texts[1] and len(texts[0]) == len(images) and any(texts[0])
+
+
+def test_shipped_tiny_iqa_scores_alike_on_both_engines(cfg: MLLMConfig) -> None:
+    """The shipped tiny-iqa has 16 px patches, not Qwen2.5-VL's 14: vLLM reads them from its config and processor
+    and gives the transformers engine's level probabilities, on bundled samples and on a crop the processor resizes."""
+    from PIL import Image
+
+    from rayiqa.io.samples import samples_dir
+    from rayiqa.methods.llm_iqa import standard_prompt
+
+    names = ["astronaut.png", "astronaut_jpeg_2.jpg", "coffee.png", "coffee_gaussian_blur_2.jpg"]
+    images = [np.asarray(Image.open(samples_dir() / n).convert("RGB")) for n in names]
+    images.append(images[0][:301, :333])  # not whole 32 px tokens
+    requests = [LevelRequest(standard_prompt(7), [im]) for im in images]
+    iqa = cfg.model_copy(update={"preset": "tiny-iqa", "min_pixels": 3136, "max_pixels": 200704})
+    got = create_engine(iqa, max_images=1).level_probs(requests)
+    want = TransformersEngine(iqa.model_copy(update={"engine": "transformers"})).level_probs(requests)
+    np.testing.assert_allclose(got, want, atol=TOLERANCE)
+    scores = got @ np.arange(1, 8)
+    assert scores[0] > scores[1] and scores[2] > scores[3], scores  # each pristine photo above its distorted copy
